@@ -1,0 +1,160 @@
+"""The Python API: the one-shot operations the CLI is built on."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+
+from . import policy
+from .checkpoint import LocalCheckpoint, check_folder, scan_folder
+from .config import Options
+from .errors import CkptsyncError
+from .repository import ManifestRecord, Repository
+from .restore import RestoreResult, Selector
+from .restore import restore as _restore
+from .store import StoreWrapper, open_remote, parse_remote
+from .upload import ChunkIndex, Uploader, UploadResult, describe
+from .verify import CheckpointReport
+from .verify import verify as _verify
+
+log = logging.getLogger(__name__)
+
+#: Multipart uploads and temp files older than this are leftovers of killed writers.
+STALE_WRITES = timedelta(hours=24)
+
+
+def open_repository(remote: str, options: Options | None = None, *, wrap: StoreWrapper | None = None) -> Repository:
+    """Parse a remote URI and build its store stack (backend, retries)."""
+    opts = options or Options()
+    r = parse_remote(remote)
+    s3 = replace(opts.s3, max_connections=max(opts.s3.max_connections, opts.workers + 4))
+    store = open_remote(r, s3, opts.retry, wrap)
+    return Repository(store, r.prefix, workers=opts.workers)
+
+
+@dataclass
+class PushReport:
+    """Outcome of :func:`push`: one result per checkpoint, newest first."""
+
+    results: list[UploadResult] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def ok(self) -> bool:
+        """False if a checkpoint changed while it was uploaded (and so was not committed)."""
+        return self.count("changed") == 0
+
+
+def push(
+    dir: str | Path,
+    remote: str,
+    options: Options | None = None,
+    *,
+    progress: Callable[[LocalCheckpoint], Callable[[int], None] | None] | None = None,
+    wrap: StoreWrapper | None = None,
+) -> PushReport:
+    """Upload every checkpoint in ``dir`` that is not committed yet, newest first.
+
+    Each checkpoint is committed only if none of its files changed during its
+    upload; chunks already on the remote are not uploaded again.
+    """
+    opts = options or Options()
+    folder = check_folder(Path(dir))
+    repo = open_repository(remote, opts, wrap=wrap)
+    try:
+        return _push(folder, repo, opts, progress)
+    finally:
+        repo.store.close()
+
+
+def _push(
+    folder: Path,
+    repo: Repository,
+    opts: Options,
+    progress: Callable[[LocalCheckpoint], Callable[[int], None] | None] | None,
+) -> PushReport:
+    report = PushReport()
+    index = ChunkIndex(repo.list_chunks().values())
+    ckpts = scan_folder(folder)
+    if not ckpts:
+        log.info("no checkpoints in %s", folder)
+        return report
+    cleaned = repo.store.cleanup(repo.prefix + "/" if repo.prefix else "", STALE_WRITES)
+    if cleaned:
+        log.info("removed %d leftovers of interrupted uploads", cleaned)
+    committed: dict[str, list] = defaultdict(list)
+    for rec in repo.load_manifests(names=[c.name for c in ckpts]):
+        committed[rec.name].append(rec.manifest)
+    ckpts.sort(key=lambda c: (c.score.step is not None, c.score.step or -1, c.name), reverse=True)
+    with Uploader(repo, index, workers=opts.workers, max_memory=opts.max_memory, host=opts.host) as up:
+        for ckpt in ckpts:
+            result = up.upload(ckpt, committed[ckpt.name], progress=progress(ckpt) if progress else None)
+            log.log(logging.WARNING if result.status == "changed" else logging.INFO, "%s", describe(result))
+            report.results.append(result)
+    return report
+
+
+def restore(
+    remote: str,
+    dir: str | Path,
+    select: str = "latest",
+    metric: str | None = None,
+    mode: str | None = None,
+    *,
+    name: str | None = None,
+    step: int | None = None,
+    strict: bool = False,
+    options: Options | None = None,
+    wrap: StoreWrapper | None = None,
+    progress: Callable[[ManifestRecord], Callable[[int], None] | None] | None = None,
+) -> RestoreResult | None:
+    """Restore a committed checkpoint into ``dir/<name>``; None if nothing is committed.
+
+    ``select`` is ``"latest"`` (highest step, then newest) or ``"best"`` (by
+    ``metric``, ``mode`` ``"min"``/``"max"``); ``name`` or ``step`` pick one
+    checkpoint. A damaged candidate is skipped for the next one unless ``strict``.
+    """
+    opts = options or Options()
+    repo = open_repository(remote, opts, wrap=wrap)
+    try:
+        sel = Selector(how=select, metric=metric, mode=mode, name=name, step=step)
+        return _restore(repo, Path(dir).absolute(), sel, strict=strict, workers=opts.workers, progress_factory=progress)
+    finally:
+        repo.store.close()
+
+
+def list_checkpoints(remote: str, options: Options | None = None, *, wrap: StoreWrapper | None = None) -> list[ManifestRecord]:
+    """Every committed checkpoint of a remote, newest first."""
+    repo = open_repository(remote, options, wrap=wrap)
+    try:
+        return policy.by_latest(repo.load_manifests())  # type: ignore[return-value]
+    finally:
+        repo.store.close()
+
+
+def verify(
+    remote: str,
+    name: str | None = None,
+    deep: bool = False,
+    options: Options | None = None,
+    *,
+    wrap: StoreWrapper | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[CheckpointReport]:
+    """Check that every committed checkpoint's chunks exist (``deep``: and hash right)."""
+    opts = options or Options()
+    repo = open_repository(remote, opts, wrap=wrap)
+    try:
+        reports = _verify(repo, name=name, deep=deep, workers=opts.workers, progress=progress)
+        return sorted(reports, key=lambda r: policy.latest_key(r.record.manifest), reverse=True)
+    finally:
+        repo.store.close()
+
+
+__all__ = ["push", "restore", "list_checkpoints", "verify", "open_repository", "PushReport", "CkptsyncError"]

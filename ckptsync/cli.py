@@ -1,0 +1,334 @@
+"""The command line: one thin function per subcommand, calling :mod:`ckptsync.api`.
+
+Every flag also reads a ``CKPTSYNC_<FLAG>`` environment variable. Errors are
+printed as one line (and a hint line), never as a traceback, with the exit
+code of the error's kind (1 failure, 2 usage, 3 nothing to restore).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__, api, logs
+from .config import Options, default_workers
+from .errors import EXIT_ERROR, EXIT_NOTHING, CkptsyncError, NothingToRestore
+from .format import format_time
+from .progress import ProgressBar
+from .store import RetryPolicy, S3Options
+from .upload import human_bytes
+
+log = logging.getLogger("ckptsync")
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_DIR = "/opt/ml/checkpoints"
+
+
+def _env(name: str) -> str:
+    return "CKPTSYNC_" + name.upper().replace("-", "_")
+
+
+def _opt(*decls: str, **kw: Any) -> Callable[[F], F]:
+    """A click option that also reads CKPTSYNC_<NAME> from the environment."""
+    long = next(d for d in decls if d.startswith("--")).split("/")[0]
+    kw.setdefault("envvar", _env(long[2:]))
+    kw.setdefault("show_envvar", True)
+    return click.option(*decls, **kw)
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        value = int(float(num) * units[unit])
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size (examples: 256M, 1G, 1048576)") from None
+    if value <= 0:
+        raise click.BadParameter("must be positive")
+    return value
+
+
+def common_options(f: F) -> F:
+    """Logging options, on every command."""
+    f = _opt("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False), default="info", help="Log verbosity.")(f)
+    f = _opt("--log-format", type=click.Choice(["text", "json"]), default="text", help="Readable lines or one JSON object per line.")(f)
+    return f
+
+
+def remote_options(f: F) -> F:
+    """The remote and how to reach it."""
+    opts = [
+        _opt("--remote", required=True, metavar="URI", help="s3://bucket/prefix or file:///abs/path."),
+        _opt("--endpoint-url", metavar="URL", help="S3-compatible endpoint (SeaweedFS, MinIO, rclone serve s3, ...)."),
+        _opt("--region", help="AWS region (default: from the AWS config, else us-east-1)."),
+        _opt("--profile", help="AWS profile name."),
+        _opt("--path-style/--virtual-style", default=None, help="S3 addressing style (default: path-style with --endpoint-url)."),
+        _opt("--sse", type=click.Choice(["AES256", "aws:kms"]), help="Server-side encryption of written objects."),
+        _opt("--sse-kms-key-id", metavar="KEY", help="KMS key for --sse aws:kms."),
+        _opt("--expected-bucket-owner", metavar="ACCOUNT", help="Fail unless the bucket belongs to this account id."),
+        _opt("--checksum", type=click.Choice(["when_supported", "when_required"]), default="when_supported", help="Send CRC checksums with every request, or only when required (some S3-compatible servers reject them)."),
+        _opt("--workers", type=click.IntRange(1, 256), default=None, help=f"Parallel transfers (default: 2 x CPUs, 4..16; here {default_workers()})."),
+        _opt("--max-memory", type=_size, default="256M", help="Bound on chunk bytes held in memory."),
+        _opt("--retries", type=click.IntRange(1, 100), default=6, help="Attempts per storage request on transient errors."),
+        _opt("--host", help="This host's name in manifests (default: SM_CURRENT_HOST or the hostname)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _options(kw: dict[str, Any]) -> Options:
+    s3 = S3Options(
+        endpoint_url=kw.pop("endpoint_url"),
+        region=kw.pop("region"),
+        profile=kw.pop("profile"),
+        path_style=kw.pop("path_style"),
+        sse=kw.pop("sse"),
+        sse_kms_key_id=kw.pop("sse_kms_key_id"),
+        expected_bucket_owner=kw.pop("expected_bucket_owner"),
+        checksum=kw.pop("checksum"),
+    )
+    workers = kw.pop("workers") or default_workers()
+    return Options(
+        s3=s3,
+        retry=RetryPolicy(attempts=kw.pop("retries")),
+        workers=workers,
+        max_memory=kw.pop("max_memory"),
+        host=kw.pop("host"),
+    )
+
+
+def handle_errors(f: F) -> F:
+    """Run a command: set up logging, turn errors into one line and an exit code."""
+
+    @functools.wraps(f)
+    def wrapper(**kw: Any) -> Any:
+        logs.setup(kw.pop("log_level", "info"), kw.pop("log_format", "text"))
+        try:
+            return f(**kw)
+        except CkptsyncError as exc:
+            _fail(exc.message, exc.hint, exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", None, 130)
+        except Exception as exc:  # a bug: one line, the traceback only at debug level
+            log.debug("internal error", exc_info=True)
+            _fail(f"internal error: {type(exc).__name__}: {exc}", "rerun with --log-level debug and report it", EXIT_ERROR)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _fail(message: str, hint: str | None, code: int) -> None:
+    click.echo(f"ckptsync: error: {logs.redact(message)}", err=True)
+    if hint:
+        click.echo(f"ckptsync: hint: {hint}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="ckptsync")
+def main() -> None:
+    """Keep training checkpoints safe on object storage and bring them back on restart."""
+
+
+# ---------------------------------------------------------------- push
+
+
+@main.command()
+@_opt("--dir", "dir_", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False, path_type=Path), help="The checkpoint folder.")
+@remote_options
+@common_options
+@handle_errors
+def push(dir_: Path, **kw: Any) -> None:
+    """Upload every checkpoint in --dir that is not committed yet.
+
+    Each top-level entry of the folder (sub-folder or file) is one checkpoint;
+    temporary names (hidden, tmp-*, *.tmp, *.partial, *.orbax-checkpoint-tmp-*)
+    are skipped. A checkpoint whose files change during its upload is not
+    committed, and the exit status is 1.
+    """
+    opts = _options(kw)
+    bars: list[ProgressBar] = []
+
+    def progress(ckpt: Any) -> Callable[[int], None]:
+        if bars:
+            bars.pop().close()
+        bar = ProgressBar(ckpt.size, ckpt.name)
+        bars.append(bar)
+        return bar.update
+
+    try:
+        report = api.push(dir_, kw["remote"], opts, progress=progress)
+    finally:
+        for b in bars:
+            b.close()
+    new = sum(r.stats.uploaded_bytes for r in report.results)
+    log.info(
+        "push done: %d committed, %d already committed, %d changed, %d deleted during upload; %s uploaded",
+        report.count("committed"), report.count("unchanged"), report.count("changed"), report.count("vanished"), human_bytes(new),
+    )
+    if not report.ok:
+        _fail(
+            f"{report.count('changed')} checkpoint(s) changed during upload and were not committed",
+            "push again once the trainer has finished writing them",
+            EXIT_ERROR,
+        )
+
+
+# ---------------------------------------------------------------- list
+
+
+@main.command("list")
+@remote_options
+@_opt("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@common_options
+@handle_errors
+def list_(as_json: bool, **kw: Any) -> None:
+    """Show the committed checkpoints, newest first."""
+    opts = _options(kw)
+    records = api.list_checkpoints(kw["remote"], opts)
+    rows = []
+    for r in records:
+        m = r.manifest
+        rows.append(
+            {
+                "name": m.name,
+                "step": m.step,
+                "metrics": dict(m.metrics),
+                "created": format_time(m.created),
+                "host": m.host,
+                "commit": m.commit,
+                "files": len(m.files),
+                "raw_bytes": m.raw_bytes,
+                "stored_bytes": m.stored_bytes,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    if not rows:
+        click.echo(f"no committed checkpoints in {kw['remote']}", err=True)
+        return
+    table = [["NAME", "STEP", "METRICS", "CREATED", "FILES", "RAW", "STORED"]]
+    for row in rows:
+        metrics = " ".join(f"{k}={_num(v)}" for k, v in sorted(row["metrics"].items()))
+        created = datetime.fromisoformat(row["created"].replace("Z", "+00:00")).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        table.append(
+            [row["name"], "-" if row["step"] is None else str(row["step"]), metrics or "-", created, str(row["files"]),
+             human_bytes(row["raw_bytes"]), human_bytes(row["stored_bytes"])]
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for r in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _num(v: float | None) -> str:
+    return "nan" if v is None else f"{v:.6g}"
+
+
+# ---------------------------------------------------------------- restore
+
+
+@main.command()
+@_opt("--dir", "dir_", default=DEFAULT_DIR, show_default=True, type=click.Path(path_type=Path), help="Folder to restore into (the checkpoint lands in DIR/<name>).")
+@remote_options
+@click.option("--latest", "how", flag_value="latest", default=True, help="Highest step, then newest commit (default).")
+@click.option("--best", "how", flag_value="best", help="Best by --metric.")
+@_opt("--metric", help="Metric for --best, e.g. eval_loss.")
+@_opt("--mode", type=click.Choice(["min", "max"]), help="Whether lower or higher --metric is better (default: min for loss/error/perplexity).")
+@_opt("--name", help="Restore this checkpoint.")
+@_opt("--step", type=click.IntRange(0), help="Restore the checkpoint at this step.")
+@_opt("--json", "as_json", is_flag=True, help="Print one JSON object instead of the path.")
+@_opt("--require", is_flag=True, help="Exit 3 if nothing is committed yet.")
+@_opt("--strict", is_flag=True, help="Fail if the chosen checkpoint is damaged instead of falling back.")
+@common_options
+@handle_errors
+def restore(dir_: Path, how: str, metric: str | None, mode: str | None, name: str | None, step: int | None,
+            as_json: bool, require: bool, strict: bool, **kw: Any) -> None:
+    """Download, verify and atomically place a committed checkpoint.
+
+    The last line on stdout is the restored path (empty when nothing is
+    committed yet). A damaged checkpoint is reported and the next one by the
+    same order is restored instead, unless --strict.
+    """
+    if name is not None and step is not None:
+        _fail("--name and --step cannot be combined", "pass one of them", 2)
+    opts = _options(kw)
+    bars: list[ProgressBar] = []
+
+    def progress(rec: Any) -> Callable[[int], None]:
+        bar = ProgressBar(rec.manifest.raw_bytes, f"restore {rec.name}")
+        bars.append(bar)
+        return bar.update
+
+    try:
+        result = api.restore(kw["remote"], dir_, how, metric, mode, name=name, step=step, strict=strict, options=opts, progress=progress)
+    except NothingToRestore:
+        raise
+    finally:
+        for b in bars:
+            b.close()
+    if result is None:
+        msg = f"nothing committed yet in {kw['remote']}; starting from scratch"
+        if require:
+            if as_json:
+                click.echo(json.dumps({"path": None, "name": None}))
+            _fail(msg.split(";")[0], "the remote is empty (or has no intact checkpoint); drop --require to start fresh", EXIT_NOTHING)
+        log.info("%s", msg)
+        click.echo(json.dumps({"path": None, "name": None}) if as_json else "")
+        return
+    if result.already_present:
+        log.info("%s is already present and intact at %s", result.name, result.path)
+    else:
+        log.info(
+            "restored %s (step %s): %d files, %s, %s downloaded, %d files reused, %.1fs",
+            result.name, result.manifest.step, result.files, human_bytes(result.bytes_written),
+            human_bytes(result.bytes_downloaded), result.files_reused, result.seconds,
+        )
+    if result.skipped:
+        log.warning("skipped damaged checkpoint(s): %s", ", ".join(result.skipped))
+    click.echo(json.dumps(result.to_json()) if as_json else str(result.path))
+
+
+# ---------------------------------------------------------------- verify
+
+
+@main.command()
+@remote_options
+@_opt("--name", help="Only this checkpoint.")
+@_opt("--deep", is_flag=True, help="Download every chunk and check its hash.")
+@_opt("--json", "as_json", is_flag=True, help="Print a JSON array of reports.")
+@common_options
+@handle_errors
+def verify(name: str | None, deep: bool, as_json: bool, **kw: Any) -> None:
+    """Check that every committed checkpoint's chunks exist (--deep: and are intact)."""
+    opts = _options(kw)
+    reports = api.verify(kw["remote"], name=name, deep=deep, options=opts)
+    bad = [r for r in reports if not r.ok]
+    if as_json:
+        click.echo(json.dumps([{"name": r.record.name, "commit": r.record.manifest.commit, "ok": r.ok, "problems": r.problems} for r in reports], indent=1))
+    else:
+        for r in reports:
+            if r.ok:
+                click.echo(f"ok       {r.record.name}")
+            else:
+                click.echo(f"DAMAGED  {r.record.name}: {len(r.problems)} problem(s)")
+                for p in r.problems[:20]:
+                    click.echo(f"         {p}")
+                if len(r.problems) > 20:
+                    click.echo(f"         ... and {len(r.problems) - 20} more")
+    log.info("verified %d checkpoint(s)%s: %d damaged", len(reports), " deeply" if deep else "", len(bad))
+    if bad:
+        _fail(f"{len(bad)} of {len(reports)} checkpoint(s) are damaged", "restore falls back to intact checkpoints; push again from a host that still has the files", EXIT_ERROR)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

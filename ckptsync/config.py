@@ -1,0 +1,34 @@
+"""Options shared by the commands and the Python API (frozen dataclasses)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .store import RetryPolicy, S3Options
+
+
+def default_workers() -> int:
+    """Worker threads: twice the CPUs (``SM_NUM_CPUS`` on SageMaker), between 4 and 16.
+
+    Workers mostly wait on the network; compression and hashing release the GIL.
+    """
+    cpus = 0
+    try:
+        cpus = int(os.environ.get("SM_NUM_CPUS", "0"))
+    except ValueError:
+        cpus = 0
+    if cpus <= 0:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(4, min(16, 2 * cpus))
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything but the remote and the folder."""
+
+    s3: S3Options = field(default_factory=S3Options)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    workers: int = field(default_factory=default_workers)
+    max_memory: int = 256 << 20
+    host: str | None = None

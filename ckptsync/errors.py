@@ -1,0 +1,81 @@
+"""One error tree for ckptsync.
+
+Every error the tool raises on purpose is a :class:`CkptsyncError`. It carries a
+one-line message (what is wrong), an optional one-line hint (what to do), the
+process exit code the CLI uses for it, and whether it may heal by itself
+(``transient``), which is what the retry layer looks at.
+"""
+
+from __future__ import annotations
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOTHING = 3
+
+
+class CkptsyncError(Exception):
+    """Base of every error ckptsync raises on purpose."""
+
+    exit_code = EXIT_ERROR
+    transient = False
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(CkptsyncError):
+    """The command line, a URI or a configuration value is wrong."""
+
+    exit_code = EXIT_USAGE
+
+
+class NothingToRestore(CkptsyncError):
+    """The remote holds no committed checkpoint that matches the request."""
+
+    exit_code = EXIT_NOTHING
+
+
+class StoreError(CkptsyncError):
+    """The object store failed; ``transient`` says whether retrying may help."""
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        transient: bool = False,
+        key: str | None = None,
+    ) -> None:
+        super().__init__(message, hint)
+        self.transient = transient
+        self.key = key
+
+
+class NotFound(StoreError):
+    """The object does not exist."""
+
+
+class AlreadyExists(StoreError):
+    """A conditional create found the key already taken."""
+
+
+class FormatError(CkptsyncError):
+    """A manifest or chunk does not follow docs/FORMAT.md (corrupt or hostile)."""
+
+
+class IntegrityError(CkptsyncError):
+    """Data read back does not match the hash or size the manifest declares."""
+
+    def __init__(self, message: str, hint: str | None = None, *, chunk: str | None = None, path: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.chunk = chunk
+        self.path = path
+
+
+class LocalError(CkptsyncError):
+    """The local file system refused an operation (no space, permission, ...)."""

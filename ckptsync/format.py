@@ -1,0 +1,384 @@
+"""The on-storage format: key layout and manifests (docs/FORMAT.md is the spec).
+
+Pure: no I/O. Everything read from a remote passes through :func:`decode_manifest`,
+which treats its input as hostile and raises :class:`FormatError` on anything
+docs/FORMAT.md does not allow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote, unquote
+
+from .errors import FormatError
+
+FORMAT_NAME = "ckptsync.manifest"
+FORMAT_VERSION = 1
+HASH_ALGORITHM = "sha256"
+CODECS = ("raw", "zstd")
+
+CHUNKS_DIR = "chunks"
+MANIFESTS_DIR = "manifests"
+
+MAX_CHUNK_SIZE = 64 << 20
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_PATH_BYTES = 4096
+MAX_COMPONENT_BYTES = 255
+MAX_NAME_BYTES = 255
+
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_COMMIT_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z-[A-Za-z0-9._-]{1,63}-[0-9a-f]{16}\Z")
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """One chunk of a file: its hash (of the raw bytes), raw size, stored size and codec."""
+
+    hash: str
+    size: int
+    stored: int
+    codec: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"hash": self.hash, "size": self.size, "stored": self.stored, "codec": self.codec}
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One regular file of a checkpoint, relative to the checkpoint's root."""
+
+    path: str
+    size: int
+    mode: int
+    hash: str
+    chunks: tuple[ChunkRef, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "size": self.size,
+            "mode": self.mode,
+            "hash": self.hash,
+            "chunks": [c.to_json() for c in self.chunks],
+        }
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A committed checkpoint: the object whose existence is the commit."""
+
+    name: str
+    kind: str  # "dir" or "file"
+    step: int | None
+    metrics: Mapping[str, float | None]
+    created: datetime
+    host: str
+    commit: str
+    files: tuple[FileEntry, ...]
+    tool: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def raw_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def stored_bytes(self) -> int:
+        """Stored size of the checkpoint's distinct chunks."""
+        seen: dict[str, int] = {}
+        for f in self.files:
+            for c in f.chunks:
+                seen[c.hash] = c.stored
+        return sum(seen.values())
+
+    def chunk_refs(self) -> dict[str, ChunkRef]:
+        """Every distinct chunk the manifest names, by hash."""
+        return {c.hash: c for f in self.files for c in f.chunks}
+
+    def content_key(self) -> tuple[Any, ...]:
+        """What identifies the content: equal keys mean identical files."""
+        return (self.kind, tuple(sorted((f.path, f.size, f.hash, f.mode) for f in self.files)))
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "name": self.name,
+            "kind": self.kind,
+            "step": self.step,
+            "metrics": {k: _json_number(v) for k, v in sorted(self.metrics.items())},
+            "created": format_time(self.created),
+            "host": self.host,
+            "commit": self.commit,
+            "tool": self.tool,
+            "hash_algorithm": HASH_ALGORITHM,
+            "files": [f.to_json() for f in self.files],
+        }
+        for k, v in self.extra.items():
+            doc.setdefault(k, v)
+        return doc
+
+
+# ---------------------------------------------------------------- keys
+
+
+def chunk_key(prefix: str, digest: str, codec: str) -> str:
+    """Key of a chunk object: ``<prefix>/chunks/<hh>/<hash>.<codec>``."""
+    return join_key(prefix, CHUNKS_DIR, digest[:2], f"{digest}.{codec}")
+
+
+def parse_chunk_key(key: str) -> tuple[str, str] | None:
+    """``(hash, codec)`` from a chunk key's last component, or None if it is not one."""
+    base = key.rsplit("/", 1)[-1]
+    digest, dot, codec = base.partition(".")
+    if not dot or codec not in CODECS or not _HEX64.match(digest):
+        return None
+    return digest, codec
+
+
+def manifest_key(prefix: str, name: str, commit: str) -> str:
+    """Key of a manifest: ``<prefix>/manifests/<quoted name>/<commit>.json``."""
+    return join_key(prefix, MANIFESTS_DIR, quote_name(name), f"{commit}.json")
+
+
+def parse_manifest_key(key: str) -> tuple[str, str] | None:
+    """``(name, commit)`` from a manifest key, or None if it is not one."""
+    parts = key.split("/")
+    if len(parts) < 3 or parts[-3] != MANIFESTS_DIR or not parts[-1].endswith(".json"):
+        return None
+    commit = parts[-1][: -len(".json")]
+    if not _COMMIT_ID.match(commit):
+        return None
+    try:
+        name = unquote(parts[-2], errors="strict")
+        check_name(name)
+    except (FormatError, UnicodeDecodeError):
+        return None
+    return name, commit
+
+
+def join_key(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+def quote_name(name: str) -> str:
+    return quote(name, safe="")
+
+
+def new_commit_id(created: datetime, host: str) -> str:
+    """A key component that cannot collide: time, host and 64 random bits."""
+    slug = re.sub(r"[^A-Za-z0-9._-]", "_", host)[:63] or "host"
+    stamp = created.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{stamp}-{slug}-{secrets.token_hex(8)}"
+
+
+# ---------------------------------------------------------------- names and paths
+
+
+def check_name(name: str) -> str:
+    """Validate a checkpoint name: one path component, printable, at most 255 bytes."""
+    if not isinstance(name, str) or not name:
+        raise FormatError("checkpoint name is empty")
+    _check_component(name, what="checkpoint name")
+    return name
+
+
+def check_relpath(path: str) -> str:
+    """Validate a file path inside a checkpoint: relative, normalised, no '..', printable."""
+    if not isinstance(path, str) or not path:
+        raise FormatError("file path is empty")
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise FormatError(f"file path is longer than {MAX_PATH_BYTES} bytes: {path[:60]!r}...")
+    if path.startswith("/"):
+        raise FormatError(f"file path is absolute: {path!r}")
+    for part in path.split("/"):
+        _check_component(part, what=f"file path {path!r}")
+    return path
+
+
+def _check_component(part: str, *, what: str) -> None:
+    if part in ("", ".", ".."):
+        raise FormatError(f"{what} has an empty, '.' or '..' component")
+    try:
+        encoded = part.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FormatError(f"{what} is not valid Unicode") from None
+    if len(encoded) > MAX_COMPONENT_BYTES:
+        raise FormatError(f"{what} has a component longer than {MAX_COMPONENT_BYTES} bytes")
+    for ch in part:
+        if ch == "/" or ch == "\\" or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn"):
+            raise FormatError(f"{what} contains a forbidden character U+{ord(ch):04X}")
+
+
+# ---------------------------------------------------------------- encode / decode
+
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    """Canonical JSON bytes of a manifest (UTF-8, sorted keys, no NaN)."""
+    return (json.dumps(manifest.to_json(), sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode()
+
+
+def decode_manifest(data: bytes, *, key: str | None = None) -> Manifest:
+    """Parse and validate manifest bytes. Raises FormatError on anything not in the spec."""
+    where = f" ({key})" if key else ""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise FormatError(f"manifest is larger than {MAX_MANIFEST_BYTES} bytes{where}")
+    try:
+        doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FormatError(f"manifest is not valid JSON{where}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise FormatError(f"manifest is not a JSON object{where}")
+    if doc.get("format") != FORMAT_NAME:
+        raise FormatError(f"object is not a ckptsync manifest{where}")
+    version = doc.get("version")
+    if not _is_int(version) or version < 1:
+        raise FormatError(f"manifest has no valid version{where}")
+    if version > FORMAT_VERSION:
+        raise FormatError(
+            f"manifest format version {version} is newer than this ckptsync understands ({FORMAT_VERSION}){where}",
+            "upgrade ckptsync to read this remote",
+        )
+    try:
+        return _decode_v1(doc)
+    except FormatError as exc:
+        raise FormatError(f"invalid manifest{where}: {exc.message}", exc.hint) from None
+
+
+def _decode_v1(doc: dict[str, Any]) -> Manifest:
+    if doc.get("hash_algorithm", HASH_ALGORITHM) != HASH_ALGORITHM:
+        raise FormatError(f"unknown hash algorithm {doc.get('hash_algorithm')!r}")
+    name = check_name(_get(doc, "name", str))
+    kind = _get(doc, "kind", str)
+    if kind not in ("dir", "file"):
+        raise FormatError(f"unknown kind {kind!r}")
+    step = doc.get("step")
+    if step is not None and (not _is_int(step) or step < 0):
+        raise FormatError("step is not a non-negative integer")
+    metrics_doc = _get(doc, "metrics", dict)
+    metrics: dict[str, float | None] = {}
+    for k, v in metrics_doc.items():
+        if not isinstance(k, str) or not k or len(k) > 256:
+            raise FormatError("metric name is not a short string")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise FormatError(f"metric {k!r} is not a number")
+        metrics[k] = None if v is None or not math.isfinite(v) else float(v)
+    created = parse_time(_get(doc, "created", str))
+    host = _get(doc, "host", str)
+    commit = _get(doc, "commit", str)
+    if not _COMMIT_ID.match(commit):
+        raise FormatError(f"commit id {commit[:80]!r} is malformed")
+    files_doc = _get(doc, "files", list)
+    files = tuple(_decode_file(f) for f in files_doc)
+    _check_file_set(name, kind, files)
+    known = {"format", "version", "name", "kind", "step", "metrics", "created", "host", "commit", "tool", "hash_algorithm", "files"}
+    return Manifest(
+        name=name,
+        kind=kind,
+        step=step,
+        metrics=metrics,
+        created=created,
+        host=host,
+        commit=commit,
+        files=files,
+        tool=str(doc.get("tool", "")),
+        extra={k: v for k, v in doc.items() if k not in known},
+    )
+
+
+def _decode_file(doc: Any) -> FileEntry:
+    if not isinstance(doc, dict):
+        raise FormatError("file entry is not an object")
+    path = check_relpath(_get(doc, "path", str))
+    size = _get(doc, "size", int)
+    mode = _get(doc, "mode", int)
+    digest = _get(doc, "hash", str)
+    if size < 0:
+        raise FormatError(f"{path}: negative size")
+    if not 0 <= mode <= 0o7777:
+        raise FormatError(f"{path}: mode out of range")
+    if not _HEX64.match(digest):
+        raise FormatError(f"{path}: hash is not 64 lowercase hex digits")
+    chunks = []
+    for c in _get(doc, "chunks", list):
+        if not isinstance(c, dict):
+            raise FormatError(f"{path}: chunk entry is not an object")
+        ref = ChunkRef(_get(c, "hash", str), _get(c, "size", int), _get(c, "stored", int), _get(c, "codec", str))
+        if not _HEX64.match(ref.hash):
+            raise FormatError(f"{path}: chunk hash is not 64 lowercase hex digits")
+        if ref.codec not in CODECS:
+            raise FormatError(f"{path}: unknown chunk codec {ref.codec[:20]!r}")
+        if not 0 < ref.size <= MAX_CHUNK_SIZE or not 0 < ref.stored <= MAX_CHUNK_SIZE + 1024:
+            raise FormatError(f"{path}: chunk size out of range")
+        if ref.codec == "raw" and ref.stored != ref.size:
+            raise FormatError(f"{path}: raw chunk with stored size != size")
+        chunks.append(ref)
+    if sum(c.size for c in chunks) != size:
+        raise FormatError(f"{path}: chunk sizes do not add up to the file size")
+    return FileEntry(path, size, mode, digest, tuple(chunks))
+
+
+def _check_file_set(name: str, kind: str, files: tuple[FileEntry, ...]) -> None:
+    if kind == "file":
+        if len(files) != 1 or files[0].path != name:
+            raise FormatError("a 'file' checkpoint must have exactly one file named like the checkpoint")
+        return
+    paths = set()
+    for f in files:
+        if f.path in paths:
+            raise FormatError(f"duplicate file path {f.path!r}")
+        paths.add(f.path)
+    for f in files:
+        parts = f.path.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in paths:
+                raise FormatError(f"path {f.path!r} lies under another file of the checkpoint")
+
+
+def _get(doc: Mapping[str, Any], key: str, typ: type) -> Any:
+    value = doc.get(key)
+    if typ is int:
+        ok = _is_int(value)
+    else:
+        ok = isinstance(value, typ)
+    if not ok:
+        raise FormatError(f"field {key!r} is missing or not a {typ.__name__}")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_number(v: float | None) -> float | None:
+    return v if v is not None and math.isfinite(v) else None
+
+
+# ---------------------------------------------------------------- time
+
+
+def format_time(t: datetime) -> str:
+    """RFC 3339 UTC with microseconds, e.g. 2026-11-26T13:02:22.123456Z."""
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(s: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise FormatError(f"time {s[:40]!r} is not RFC 3339") from None
+    if t.tzinfo is None:
+        raise FormatError(f"time {s[:40]!r} has no time zone")
+    return t.astimezone(timezone.utc)

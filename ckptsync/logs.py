@@ -1,0 +1,83 @@
+"""Logging setup: readable lines or JSON, and credentials never printed.
+
+botocore logs the access key id and session token at DEBUG level, so its
+loggers stay at WARNING unless ``--log-level debug`` is combined with
+``CKPTSYNC_DEBUG_BOTO=1``; even then every record passes a filter that masks
+every secret the S3 store has registered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+from datetime import datetime, timezone
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+_QUIET = ("botocore", "boto3", "s3transfer", "urllib3", "watchdog")
+
+
+def register_secret(value: str | None) -> None:
+    """Mask ``value`` in every log line from now on."""
+    if value and len(value) >= 4:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for s in secrets:
+        if s in text:
+            text = text.replace(s, "****")
+    return text
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = redact(msg)
+        if clean != msg or record.args:
+            record.msg, record.args = clean, None
+        return True
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for k, v in getattr(record, "fields", {}).items():
+            doc[k] = v
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return redact(json.dumps(doc, default=str))
+
+
+def setup(level: str = "info", fmt: str = "text", stream: object = None) -> None:
+    """Configure the root logger for the CLI (idempotent)."""
+    lvl = getattr(logging, level.upper(), None)
+    if not isinstance(lvl, int):
+        lvl = logging.INFO
+    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(_RedactingFilter())
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_ckptsync", False):
+            root.removeHandler(h)
+    handler._ckptsync = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(lvl)
+    debug_boto = os.environ.get("CKPTSYNC_DEBUG_BOTO") == "1"
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(lvl if debug_boto else max(lvl, logging.WARNING))

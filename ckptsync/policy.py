@@ -1,0 +1,64 @@
+"""Choosing checkpoints: latest and best orders (pure).
+
+"Latest" is the highest step, then the newest commit time, then the commit id;
+a checkpoint without a step ranks below every checkpoint with one. "Best"
+ranks by one metric (``min`` or ``max``); checkpoints without a finite value of
+that metric are never "best"; ties fall back to the latest order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+from .errors import UsageError
+from .format import Manifest
+
+_MIN_WORDS = ("loss", "error", "perplexity", "ppl")
+
+
+class HasManifest(Protocol):
+    @property
+    def manifest(self) -> Manifest: ...
+
+
+def latest_key(m: Manifest) -> tuple[int, int, float, str]:
+    return (1 if m.step is not None else 0, m.step if m.step is not None else -1, m.created.timestamp(), m.commit)
+
+
+def by_latest(records: Sequence[HasManifest]) -> list[HasManifest]:
+    """Newest first."""
+    return sorted(records, key=lambda r: latest_key(r.manifest), reverse=True)
+
+
+def infer_mode(metric: str, mode: str | None) -> str:
+    """The given mode, or ``min`` for loss-like metric names; UsageError otherwise."""
+    if mode is not None:
+        if mode not in ("min", "max"):
+            raise UsageError(f"--mode must be min or max, not {mode!r}")
+        return mode
+    if any(w in metric.lower() for w in _MIN_WORDS):
+        return "min"
+    raise UsageError(
+        f"cannot tell whether a higher or lower {metric!r} is better",
+        "pass --mode min or --mode max",
+    )
+
+
+def metric_value(m: Manifest, metric: str) -> float | None:
+    v = m.metrics.get(metric)
+    return v if v is not None and math.isfinite(v) else None
+
+
+def by_best(records: Sequence[HasManifest], metric: str, mode: str) -> list[HasManifest]:
+    """Best first; records without a finite value of ``metric`` are left out."""
+    scored = [r for r in records if metric_value(r.manifest, metric) is not None]
+    latest = by_latest(scored)
+    rank = {id(r): i for i, r in enumerate(latest)}
+    sign = 1.0 if mode == "min" else -1.0
+    return sorted(scored, key=lambda r: (sign * (metric_value(r.manifest, metric) or 0.0), rank[id(r)]))
+
+
+def metric_names(records: Sequence[HasManifest]) -> list[str]:
+    return sorted({k for r in records for k, v in r.manifest.metrics.items() if v is not None})

@@ -1,0 +1,42 @@
+"""Progress on long work: a bar on a terminal, nothing otherwise (tqdm)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from types import TracebackType
+
+from tqdm import tqdm
+
+
+class ProgressBar:
+    """A thread-safe byte counter shown as a bar when stderr is a terminal."""
+
+    def __init__(self, total: int, desc: str, *, enabled: bool | None = None) -> None:
+        show = sys.stderr.isatty() if enabled is None else enabled
+        self._lock = threading.Lock()
+        self._bar = tqdm(
+            total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not show, leave=False, file=sys.stderr
+        )
+
+    def update(self, n: int) -> None:
+        with self._lock:
+            self._bar.update(n)
+
+    def set_description(self, desc: str) -> None:
+        with self._lock:
+            self._bar.set_description(desc)
+
+    def close(self) -> None:
+        with self._lock:
+            self._bar.close()
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+Callback = Callable[[int], None]

@@ -1,0 +1,150 @@
+"""A remote seen through the format: chunks and manifests under a key prefix.
+
+Shared by every command; the only place that maps format objects to keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+
+from . import codec, format as fmt
+from .errors import FormatError, IntegrityError, NotFound, StoreError
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    """A chunk object found by listing."""
+
+    hash: str
+    codec: str
+    stored: int
+    modified: datetime | None
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    """A committed manifest and the key it was read from."""
+
+    key: str
+    manifest: fmt.Manifest
+    modified: datetime | None = None
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+
+@dataclass(frozen=True)
+class ManifestKey:
+    key: str
+    name: str
+    commit: str
+    modified: datetime | None
+
+
+class Repository:
+    """Chunks and manifests of one remote."""
+
+    def __init__(self, store: Store, prefix: str = "", *, workers: int = 8) -> None:
+        self.store = store
+        self.prefix = prefix.strip("/")
+        self.workers = max(1, workers)
+
+    @property
+    def url(self) -> str:
+        return f"{self.store.url}/{self.prefix}" if self.prefix else self.store.url
+
+    # -- chunks
+
+    def chunk_key(self, digest: str, codec_name: str) -> str:
+        return fmt.chunk_key(self.prefix, digest, codec_name)
+
+    def list_chunks(self) -> dict[str, StoredChunk]:
+        """Every chunk object under the prefix, by hash (one listing)."""
+        out: dict[str, StoredChunk] = {}
+        for info in self.store.list(fmt.join_key(self.prefix, fmt.CHUNKS_DIR) + "/"):
+            parsed = fmt.parse_chunk_key(info.key)
+            if parsed is not None:
+                out[parsed[0]] = StoredChunk(parsed[0], parsed[1], info.size, info.modified)
+        return out
+
+    def put_chunk(self, digest: str, codec_name: str, data: bytes | memoryview) -> None:
+        self.store.put(self.chunk_key(digest, codec_name), data)
+
+    def get_chunk(self, ref: fmt.ChunkRef) -> bytes:
+        """Fetch, decode and verify one chunk; IntegrityError if missing or corrupt."""
+        key = self.chunk_key(ref.hash, ref.codec)
+        try:
+            stored = self.store.get(key, max_size=ref.stored)
+        except NotFound:
+            raise IntegrityError(f"chunk {ref.hash} is missing from the remote ({key})", chunk=ref.hash) from None
+        except StoreError as exc:
+            if not exc.transient and "larger than" in exc.message:
+                raise IntegrityError(f"chunk {ref.hash} is larger than the manifest says ({key})", chunk=ref.hash) from None
+            raise
+        if len(stored) != ref.stored:
+            raise IntegrityError(
+                f"chunk {ref.hash} is {len(stored)} bytes, the manifest says {ref.stored} ({key})", chunk=ref.hash
+            )
+        return codec.decode(ref.codec, stored, ref.size, ref.hash)
+
+    # -- manifests
+
+    def list_manifest_keys(self) -> list[ManifestKey]:
+        out = []
+        for info in self.store.list(fmt.join_key(self.prefix, fmt.MANIFESTS_DIR) + "/"):
+            parsed = fmt.parse_manifest_key(info.key)
+            if parsed is None:
+                log.debug("ignoring unexpected object %s", info.key)
+                continue
+            out.append(ManifestKey(info.key, parsed[0], parsed[1], info.modified))
+        return out
+
+    def read_manifest(self, mkey: ManifestKey) -> ManifestRecord:
+        data = self.store.get(mkey.key, max_size=fmt.MAX_MANIFEST_BYTES)
+        m = fmt.decode_manifest(data, key=mkey.key)
+        if m.name != mkey.name or m.commit != mkey.commit:
+            raise FormatError(f"manifest {mkey.key} names another checkpoint ({m.name!r}, {m.commit!r})")
+        return ManifestRecord(mkey.key, m, mkey.modified)
+
+    def load_manifests(self, names: Iterable[str] | None = None) -> list[ManifestRecord]:
+        """Read every committed manifest (optionally only of some names), in parallel.
+
+        Manifests that fail validation are skipped with a warning: a damaged or
+        hostile manifest never stops the others from being used.
+        """
+        keys = self.list_manifest_keys()
+        if names is not None:
+            wanted = set(names)
+            keys = [k for k in keys if k.name in wanted]
+        if not keys:
+            return []
+
+        def one(k: ManifestKey) -> ManifestRecord | None:
+            try:
+                return self.read_manifest(k)
+            except FormatError as exc:
+                log.warning("skipping invalid manifest: %s", exc.message)
+            except NotFound:
+                log.debug("manifest %s vanished while listing (pruned)", k.key)
+            return None
+
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(keys)), thread_name_prefix="ckptsync-manifest") as pool:
+            records = list(pool.map(one, keys))
+        return [r for r in records if r is not None]
+
+    def commit(self, manifest: fmt.Manifest) -> str:
+        """Write a manifest with a conditional create: the commit point. Returns its key."""
+        key = fmt.manifest_key(self.prefix, manifest.name, manifest.commit)
+        self.store.put_if_absent(key, fmt.encode_manifest(manifest))
+        return key
+
+    def delete_manifest(self, record: ManifestRecord) -> None:
+        self.store.delete(record.key)

@@ -1,0 +1,287 @@
+"""A store in an S3 bucket, or any S3-compatible server (the only boto3 import).
+
+botocore's own retries are switched off (``total_max_attempts=1``) so that the
+retry budget is owned in one place, :mod:`ckptsync.store.retrying`; every
+boto3/botocore failure is translated into a :class:`StoreError` that says
+whether it may heal.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import boto3
+import botocore.exceptions as bex
+from botocore.config import Config
+
+from ..errors import AlreadyExists, NotFound, StoreError, UsageError
+from ..logs import register_secret
+from .base import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "ConditionalRequestConflict",
+    "OperationAborted",
+    "RequestLimitExceeded",
+    "BadDigest",
+    "XAmzContentSHA256Mismatch",
+    "IncompleteBody",
+}
+_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "InvalidClientTokenId",
+    "AuthorizationHeaderMalformed",
+}
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach the bucket. Every field maps to a CLI flag and CKPTSYNC_* variable."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    path_style: bool | None = None  # None: path-style with a custom endpoint, else virtual-hosted
+    sse: str | None = None  # "AES256" or "aws:kms"
+    sse_kms_key_id: str | None = None
+    expected_bucket_owner: str | None = None
+    checksum: str = "when_supported"  # or "when_required"
+    max_connections: int = 16
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+
+
+def _path_style(o: S3Options) -> bool:
+    return o.path_style if o.path_style is not None else bool(o.endpoint_url)
+
+
+class S3Store:
+    """Objects in ``s3://bucket/...``; keys are used as given."""
+
+    def __init__(self, bucket: str, options: S3Options | None = None) -> None:
+        self.bucket = bucket
+        self.options = options or S3Options()
+        self.url = f"s3://{bucket}"
+        self.conditional_writes: bool | None = None
+        self._lock = threading.Lock()
+        self._client_obj: Any = None
+
+    # -- client
+
+    @property
+    def _client(self) -> Any:
+        with self._lock:
+            if self._client_obj is None:
+                self._client_obj = self._make_client()
+            return self._client_obj
+
+    def _make_client(self) -> Any:
+        o = self.options
+        try:
+            session = boto3.session.Session(profile_name=o.profile) if o.profile else boto3.session.Session()
+        except bex.ProfileNotFound:
+            raise UsageError(f"AWS profile {o.profile!r} not found", "check --profile / AWS_PROFILE and ~/.aws/config") from None
+        creds = session.get_credentials()
+        if creds is not None:
+            frozen = creds.get_frozen_credentials()
+            for secret in (frozen.access_key, frozen.secret_key, frozen.token):
+                register_secret(secret)
+        region = o.region or session.region_name or "us-east-1"
+        config = Config(
+            region_name=region,
+            retries={"mode": "standard", "total_max_attempts": 1},
+            connect_timeout=o.connect_timeout,
+            read_timeout=o.read_timeout,
+            max_pool_connections=max(4, o.max_connections),
+            s3={"addressing_style": "path" if _path_style(o) else "auto"},
+            request_checksum_calculation=o.checksum,
+            response_checksum_validation=o.checksum,
+            user_agent_extra="ckptsync",
+        )
+        return session.client("s3", endpoint_url=o.endpoint_url or None, config=config)
+
+    def _common(self) -> dict[str, str]:
+        if self.options.expected_bucket_owner:
+            return {"ExpectedBucketOwner": self.options.expected_bucket_owner}
+        return {}
+
+    def _put_args(self) -> dict[str, str]:
+        args = self._common()
+        if self.options.sse:
+            args["ServerSideEncryption"] = self.options.sse
+        if self.options.sse_kms_key_id:
+            args["SSEKMSKeyId"] = self.options.sse_kms_key_id
+        return args
+
+    # -- operations
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=bytes(data) if isinstance(data, memoryview) else data, **self._put_args())
+        except Exception as exc:
+            raise self._translate(exc, "put", key) from None
+
+    def put_if_absent(self, key: str, data: bytes | memoryview) -> None:
+        # s3transfer does not pass IfNoneMatch: this must be a plain put_object.
+        try:
+            self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=bytes(data), IfNoneMatch="*", **self._put_args()
+            )
+        except Exception as exc:
+            raise self._translate(exc, "put", key) from None
+
+    def get(self, key: str, *, max_size: int | None = None) -> bytes:
+        try:
+            resp = self._client.get_object(Bucket=self.bucket, Key=key, **self._common())
+            length = resp.get("ContentLength")
+            body = resp["Body"]
+            try:
+                if max_size is not None and length is not None and length > max_size:
+                    raise StoreError(f"object {key} is {length} bytes, more than the {max_size} allowed", key=key)
+                data: bytes = body.read() if max_size is None else body.read(max_size + 1)
+            finally:
+                body.close()
+            if max_size is not None and len(data) > max_size:
+                raise StoreError(f"object {key} is larger than {max_size} bytes", key=key)
+            if length is not None and len(data) != length:
+                raise StoreError(f"short read of {key}: {len(data)} of {length} bytes", key=key, transient=True)
+            return data
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, "get", key) from None
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=key, **self._common())
+            return True
+        except Exception as exc:
+            err = self._translate(exc, "head", key)
+            if isinstance(err, NotFound):
+                return False
+            raise err from None
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        out = []
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, **self._common())
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    out.append(ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("LastModified")))
+        except Exception as exc:
+            raise self._translate(exc, "list", prefix) from None
+        return out
+
+    def delete(self, key: str) -> None:
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=key, **self._common())
+        except Exception as exc:
+            err = self._translate(exc, "delete", key)
+            if not isinstance(err, NotFound):
+                raise err from None
+
+    def cleanup(self, prefix: str, older_than: timedelta) -> int:
+        """Abort multipart uploads under ``prefix`` started more than ``older_than`` ago.
+
+        Parts of an upload killed midway are billed until aborted. Servers that
+        do not implement multipart listing are skipped silently.
+        """
+        limit = datetime.now(timezone.utc) - older_than
+        aborted = 0
+        try:
+            pages = self._client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix, **self._common())
+            for page in pages:
+                for up in page.get("Uploads", ()):
+                    initiated = up.get("Initiated")
+                    if initiated is not None and initiated < limit:
+                        self._client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"], **self._common())
+                        aborted += 1
+        except Exception as exc:
+            err = self._translate(exc, "list uploads", prefix)
+            if err.transient or isinstance(err, NotFound) or "NotImplemented" in err.message or "NoSuchUpload" in err.message:
+                log.debug("multipart cleanup skipped: %s", err.message)
+                return aborted
+            raise err from None
+        return aborted
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client_obj = self._client_obj, None
+        if client is not None:
+            client.close()
+
+    # -- errors
+
+    def _translate(self, exc: BaseException, op: str, key: str) -> StoreError:
+        where = f"s3://{self.bucket}/{key}"
+        if isinstance(exc, StoreError):
+            return exc
+        if isinstance(exc, UsageError):
+            raise exc
+        if isinstance(exc, bex.ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            detail = f"{code or status}"
+            if code in ("NoSuchKey", "NotFound", "404") or (status == 404 and code not in ("NoSuchBucket",) and op in ("get", "head")):
+                return NotFound(f"object {where} not found", key=key)
+            if code == "NoSuchBucket":
+                return StoreError(
+                    f"bucket {self.bucket!r} does not exist",
+                    "create the bucket, or check the remote URI and --endpoint-url",
+                    key=key,
+                )
+            if code in ("PreconditionFailed",) or status == 412:
+                return AlreadyExists(f"object {where} already exists", key=key)
+            if code in _CREDENTIAL_CODES:
+                return StoreError(
+                    f"the S3 credentials were rejected ({code}) on {op} {where}",
+                    "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, --profile and the session token's expiry",
+                    key=key,
+                )
+            if code in ("AccessDenied", "AllAccessDisabled") or status == 403:
+                return StoreError(
+                    f"access denied ({code or 403}) on {op} {where}",
+                    "grant s3:GetObject, s3:PutObject, s3:ListBucket and s3:DeleteObject on the bucket, or check --expected-bucket-owner",
+                    key=key,
+                )
+            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+                return StoreError(f"S3 {op} {where} failed: {detail} (retrying may help)", key=key, transient=True)
+            return StoreError(f"S3 {op} {where} failed: {detail} {err.get('Message', '')}".rstrip(), key=key)
+        if isinstance(exc, (bex.NoCredentialsError, bex.PartialCredentialsError)):
+            return StoreError(
+                "no AWS credentials found",
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run on an instance role",
+            )
+        if isinstance(exc, bex.ParamValidationError):
+            return StoreError(f"invalid S3 request for {where}: {exc}")
+        if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectTimeoutError)):
+            return StoreError(
+                f"cannot connect to the S3 endpoint {self.options.endpoint_url or '(AWS)'}",
+                "check --endpoint-url and the network",
+                key=key,
+                transient=True,
+            )
+        if isinstance(exc, (bex.ReadTimeoutError, bex.ConnectionClosedError, bex.ResponseStreamingError, bex.IncompleteReadError, bex.HTTPClientError)):
+            return StoreError(f"connection failed during {op} {where}: {type(exc).__name__}", key=key, transient=True)
+        if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+            return StoreError(f"connection failed during {op} {where}: {exc}", key=key, transient=True)
+        if isinstance(exc, bex.BotoCoreError):
+            return StoreError(f"S3 {op} {where} failed: {exc}", key=key)
+        raise exc

@@ -1,0 +1,344 @@
+"""The upload path: read, hash, encode and store a checkpoint's chunks, then commit.
+
+One :class:`Uploader` serves many checkpoints (``push`` and the daemon alike).
+Files are read sequentially by the calling thread, which also computes each
+file's whole-file hash; chunks are hashed, encoded and stored by a pool of
+worker threads. The bytes held by chunks in flight are bounded by a byte
+budget, so memory does not depend on the checkpoint's size. A chunk the remote
+already holds (by hash) is never uploaded again, and two workers never upload
+the same chunk at once.
+
+The manifest is written last, with a conditional create, and only if no file
+changed while the chunks were uploaded: the manifest is the commit point.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from . import __version__, codec, format as fmt
+from .checkpoint import LocalCheckpoint, LocalFile
+from .chunking import CHUNK_SIZE, chunk_spans
+from .errors import CkptsyncError, LocalError
+from .repository import Repository, StoredChunk
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+
+
+class ByteBudget:
+    """A counting semaphore over bytes: ``acquire(n)`` blocks while the budget is spent.
+
+    A single request larger than the whole budget is let through when nothing
+    else is in flight, so a chunk never deadlocks the pipeline.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.used = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, n: int) -> None:
+        with self._cond:
+            while self.used and self.used + n > self.limit:
+                self._cond.wait()
+            self.used += n
+            self.peak = max(self.peak, self.used)
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+class ChunkIndex:
+    """Chunks known to be stored on the remote, and chunks being stored right now."""
+
+    def __init__(self, known: Iterable[StoredChunk] = ()) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[str, int]] = {c.hash: (c.codec, c.stored) for c in known}
+        self._inflight: dict[str, threading.Event] = {}
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._known
+
+    def lookup(self, digest: str) -> tuple[str, int] | None:
+        with self._lock:
+            return self._known.get(digest)
+
+    def claim(self, digest: str) -> tuple[str, int] | None:
+        """Known ``(codec, stored)`` for the chunk, or None: then the caller must
+        store it and call :meth:`stored` or :meth:`release`."""
+        while True:
+            with self._lock:
+                if digest in self._known:
+                    return self._known[digest]
+                event = self._inflight.get(digest)
+                if event is None:
+                    self._inflight[digest] = threading.Event()
+                    return None
+            event.wait()
+
+    def stored(self, digest: str, codec_name: str, size: int) -> None:
+        with self._lock:
+            self._known[digest] = (codec_name, size)
+            event = self._inflight.pop(digest, None)
+        if event is not None:
+            event.set()
+
+    def release(self, digest: str) -> None:
+        with self._lock:
+            event = self._inflight.pop(digest, None)
+        if event is not None:
+            event.set()
+
+    def forget(self, digests: Iterable[str]) -> None:
+        with self._lock:
+            for d in digests:
+                self._known.pop(d, None)
+
+
+@dataclass
+class UploadStats:
+    files: int = 0
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+    uploaded_bytes: int = 0
+    chunks: int = 0
+    chunks_uploaded: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class UploadResult:
+    """What became of one checkpoint: committed, unchanged (already committed),
+    changed (modified during upload, not committed) or vanished (deleted)."""
+
+    name: str
+    status: str
+    reason: str = ""
+    key: str | None = None
+    manifest: fmt.Manifest | None = None
+    stats: UploadStats = field(default_factory=UploadStats)
+
+
+class _Vanished(Exception):
+    pass
+
+
+class _Changed(Exception):
+    pass
+
+
+def default_host() -> str:
+    return os.environ.get("SM_CURRENT_HOST") or socket.gethostname() or "host"
+
+
+class Uploader:
+    """Uploads checkpoints into one repository. Thread-safe for one checkpoint at a time
+    per caller; the worker pool and the byte budget are shared."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        index: ChunkIndex,
+        *,
+        workers: int = 4,
+        max_memory: int = 128 << 20,
+        host: str | None = None,
+        chunk_size: int = CHUNK_SIZE,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
+        self.repo = repo
+        self.index = index
+        self.host = host or default_host()
+        self.chunk_size = chunk_size
+        self.clock = clock
+        # Each chunk in flight holds its raw bytes and, briefly, its encoded copy.
+        self.budget = ByteBudget(max(chunk_size, max_memory // 2))
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ckptsync-upload")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "Uploader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- one checkpoint
+
+    def upload(
+        self,
+        ckpt: LocalCheckpoint,
+        committed: Iterable[fmt.Manifest] = (),
+        *,
+        progress: Progress | None = None,
+    ) -> UploadResult:
+        """Store every chunk of ``ckpt``, then commit its manifest unless a manifest with
+        the same content already exists in ``committed`` or a file changed meanwhile."""
+        started = time.monotonic()
+        stats = UploadStats(files=len(ckpt.files))
+        try:
+            entries = self._store_files(ckpt, stats, progress)
+        except _Vanished as exc:
+            return UploadResult(ckpt.name, "vanished", str(exc) or "it was deleted during upload", stats=stats)
+        except _Changed as exc:
+            return UploadResult(ckpt.name, "changed", str(exc), stats=stats)
+        stats.seconds = time.monotonic() - started
+        change = ckpt.changed()
+        if change is not None:
+            status = "vanished" if change == "it was deleted" else "changed"
+            return UploadResult(ckpt.name, status, change, stats=stats)
+        created = self.clock()
+        manifest = fmt.Manifest(
+            name=ckpt.name,
+            kind=ckpt.kind,
+            step=ckpt.score.step,
+            metrics=dict(ckpt.score.metrics),
+            created=created,
+            host=self.host,
+            commit=fmt.new_commit_id(created, self.host),
+            files=tuple(entries),
+            tool=f"ckptsync/{__version__}",
+        )
+        stats.raw_bytes = manifest.raw_bytes
+        stats.stored_bytes = manifest.stored_bytes
+        for other in committed:
+            if other.name == manifest.name and other.content_key() == manifest.content_key():
+                return UploadResult(ckpt.name, "unchanged", "already committed", manifest=other, stats=stats)
+        key = self.repo.commit(manifest)
+        stats.seconds = time.monotonic() - started
+        return UploadResult(ckpt.name, "committed", key=key, manifest=manifest, stats=stats)
+
+    def _store_files(self, ckpt: LocalCheckpoint, stats: UploadStats, progress: Progress | None) -> list[fmt.FileEntry]:
+        failed = threading.Event()
+        futures: list[list[Future[fmt.ChunkRef]]] = []
+        hashes: list[str] = []
+        try:
+            for f in ckpt.files:
+                if failed.is_set():
+                    break
+                file_futures: list[Future[fmt.ChunkRef]] = []
+                futures.append(file_futures)
+                hashes.append(self._read_file(ckpt, f, file_futures, failed, stats, progress))
+        finally:
+            # Never return while workers still run on our buffers: wait for every chunk.
+            for fut in (fut for ff in futures for fut in ff):
+                fut.exception()
+        for fut in (fut for ff in futures for fut in ff):
+            if fut.exception() is not None:
+                raise fut.exception()  # type: ignore[misc]
+        return [
+            fmt.FileEntry(f.relpath, f.size, f.mode, digest, tuple(fut.result() for fut in ff))
+            for f, ff, digest in zip(ckpt.files, futures, hashes, strict=True)
+        ]
+
+    def _read_file(
+        self,
+        ckpt: LocalCheckpoint,
+        f: LocalFile,
+        futures: list[Future[fmt.ChunkRef]],
+        failed: threading.Event,
+        stats: UploadStats,
+        progress: Progress | None,
+    ) -> str:
+        """Read one file in order, hand its chunks to the workers; return its hash."""
+        try:
+            fd = os.open(f.abspath, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not ckpt.path.exists():
+                raise _Vanished("it was deleted during upload") from None
+            raise _Changed(f"{f.relpath} was deleted during upload") from None
+        except OSError as exc:
+            raise LocalError(f"cannot read {f.abspath}: {exc.strerror}") from None
+        hasher = codec.new_file_hasher()
+        try:
+            if os.fstat(fd).st_ino != f.signature[2]:
+                raise _Changed(f"{f.relpath} was replaced during upload")
+            for offset, length in chunk_spans(f.size, self.chunk_size):
+                if failed.is_set():
+                    break
+                self.budget.acquire(length)
+                try:
+                    data = os.pread(fd, length, offset)
+                except OSError as exc:
+                    self.budget.release(length)
+                    raise LocalError(f"cannot read {f.abspath}: {exc.strerror}") from None
+                if len(data) != length:
+                    self.budget.release(length)
+                    raise _Changed(f"{f.relpath} shrank during upload")
+                hasher.update(data)
+                fut = self.pool.submit(self._store_chunk, data, stats)
+                fut.add_done_callback(lambda fu, n=length: self._chunk_done(fu, n, failed, progress))
+                futures.append(fut)
+        finally:
+            os.close(fd)
+        return hasher.hexdigest()
+
+    def _chunk_done(self, fut: Future[fmt.ChunkRef], n: int, failed: threading.Event, progress: Progress | None) -> None:
+        self.budget.release(n)
+        if fut.exception() is not None:
+            failed.set()
+        elif progress is not None:
+            progress(n)
+
+    def _store_chunk(self, data: bytes, stats: UploadStats) -> fmt.ChunkRef:
+        digest = codec.sha256_hex(data)
+        known = self.index.claim(digest)
+        if known is not None:
+            return fmt.ChunkRef(digest, len(data), known[1], known[0])
+        try:
+            codec_name, stored = codec.encode(data)
+            self.repo.put_chunk(digest, codec_name, stored)
+        except BaseException:
+            self.index.release(digest)
+            raise
+        self.index.stored(digest, codec_name, len(stored))
+        with _stats_lock:
+            stats.chunks_uploaded += 1
+            stats.uploaded_bytes += len(stored)
+        return fmt.ChunkRef(digest, len(data), len(stored), codec_name)
+
+
+_stats_lock = threading.Lock()
+
+
+def describe(result: UploadResult) -> str:
+    """One human line about an upload result."""
+    s = result.stats
+    if result.status == "committed":
+        return (
+            f"committed {result.name}: {s.files} files, {human_bytes(s.raw_bytes)} raw, "
+            f"{human_bytes(s.stored_bytes)} stored, {human_bytes(s.uploaded_bytes)} uploaded in {s.seconds:.1f}s"
+        )
+    if result.status == "unchanged":
+        return f"{result.name} is already committed"
+    if result.status == "vanished":
+        return f"{result.name} was deleted during upload; skipped"
+    return f"{result.name} changed during upload ({result.reason}); not committed"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+__all__ = ["Uploader", "ChunkIndex", "UploadResult", "UploadStats", "ByteBudget", "describe", "human_bytes", "CkptsyncError"]
