@@ -145,21 +145,23 @@ def _local_file(rel: str, path: Path, st: os.stat_result) -> LocalFile:
 
 
 def read_score(path: Path, kind: str) -> metrics.Score:
-    """Step and metrics of a checkpoint, first match wins (see :mod:`ckptsync.metrics`)."""
+    """Step and metrics of a checkpoint, first match wins (see :mod:`ckptsync.metrics`).
+
+    A marker or trainer state without a step takes the step from the name, and
+    metrics from the name fill in those the file does not have.
+    """
+    by_name = metrics.from_name(path.name)
     if kind == "dir":
-        for fname, parse in ((metrics.MARKER_FILE, metrics.from_marker), (metrics.HF_STATE_FILE, metrics.from_trainer_state)):
-            doc = _read_json(path / fname)
-            if doc is not None:
-                sc = parse(doc)
-                if sc is not None and (sc.step is not None or sc.metrics):
-                    name_sc = metrics.from_name(path.name)
-                    return metrics.Score(sc.step if sc.step is not None else name_sc.step, {**name_sc.metrics, **sc.metrics}, sc.source)
+        sources = ((path / metrics.MARKER_FILE, metrics.from_marker), (path / metrics.HF_STATE_FILE, metrics.from_trainer_state))
     else:
-        doc = _read_json(path.with_name(path.name + "." + metrics.MARKER_FILE))
-        sc = metrics.from_marker(doc) if doc is not None else None
-        if sc is not None:
-            return sc
-    return metrics.from_name(path.name)
+        sources = ((path.with_name(path.name + "." + metrics.MARKER_FILE), metrics.from_marker),)
+    for file, parse in sources:
+        doc = _read_json(file)
+        sc = parse(doc) if doc is not None else None
+        if sc is not None and (sc.step is not None or sc.metrics or parse is metrics.from_marker):
+            step = sc.step if sc.step is not None else by_name.step
+            return metrics.Score(step, {**by_name.metrics, **sc.metrics}, sc.source)
+    return by_name
 
 
 def _read_json(path: Path) -> object | None:

@@ -59,11 +59,11 @@ def decode(codec: str, stored: bytes, size: int, digest: str) -> bytes:
     elif codec == "zstd":
         raw = _decompress(stored, size, digest)
     else:
-        raise IntegrityError(f"chunk {digest[:16]} has unknown codec {codec!r}", chunk=digest)
+        raise IntegrityError(f"chunk {digest} has unknown codec {codec!r}", chunk=digest)
     if len(raw) != size:
-        raise IntegrityError(f"chunk {digest[:16]} is {len(raw)} bytes, the manifest says {size}", chunk=digest)
+        raise IntegrityError(f"chunk {digest} is {len(raw)} bytes, the manifest says {size}", chunk=digest)
     if sha256_hex(raw) != digest:
-        raise IntegrityError(f"chunk {digest[:16]} content does not match its hash (corrupt object)", chunk=digest)
+        raise IntegrityError(f"chunk {digest} content does not match its hash (corrupt object)", chunk=digest)
     return raw
 
 
@@ -71,12 +71,12 @@ def _decompress(stored: bytes, size: int, digest: str) -> bytes:
     try:
         declared = zstandard.frame_content_size(stored)
     except zstandard.ZstdError:
-        raise IntegrityError(f"chunk {digest[:16]} is not a zstd frame (corrupt object)", chunk=digest) from None
+        raise IntegrityError(f"chunk {digest} is not a zstd frame (corrupt object)", chunk=digest) from None
     if declared not in (-1, size):
-        raise IntegrityError(f"chunk {digest[:16]} declares {declared} bytes, the manifest says {size}", chunk=digest)
+        raise IntegrityError(f"chunk {digest} declares {declared} bytes, the manifest says {size}", chunk=digest)
     window = 1 << max(10, (size - 1).bit_length())
     dctx = zstandard.ZstdDecompressor(max_window_size=max(window, 1 << 20))
     try:
         return dctx.decompress(stored, max_output_size=size)
     except zstandard.ZstdError as exc:
-        raise IntegrityError(f"chunk {digest[:16]} does not decompress: {exc}", chunk=digest) from None
+        raise IntegrityError(f"chunk {digest} does not decompress: {exc}", chunk=digest) from None

@@ -68,6 +68,10 @@ class FormatError(CkptsyncError):
     """A manifest or chunk does not follow docs/FORMAT.md (corrupt or hostile)."""
 
 
+class NewerFormatError(FormatError):
+    """The remote was written by a newer ckptsync: readers must stop, not skip it."""
+
+
 class IntegrityError(CkptsyncError):
     """Data read back does not match the hash or size the manifest declares."""
 

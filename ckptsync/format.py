@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote, unquote
 
-from .errors import FormatError
+from .errors import FormatError, NewerFormatError
 
 FORMAT_NAME = "ckptsync.manifest"
 FORMAT_VERSION = 1
@@ -232,8 +232,8 @@ def decode_manifest(data: bytes, *, key: str | None = None) -> Manifest:
     if len(data) > MAX_MANIFEST_BYTES:
         raise FormatError(f"manifest is larger than {MAX_MANIFEST_BYTES} bytes{where}")
     try:
-        doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError, OverflowError) as exc:
         raise FormatError(f"manifest is not valid JSON{where}: {exc}") from None
     if not isinstance(doc, dict):
         raise FormatError(f"manifest is not a JSON object{where}")
@@ -243,7 +243,7 @@ def decode_manifest(data: bytes, *, key: str | None = None) -> Manifest:
     if not _is_int(version) or version < 1:
         raise FormatError(f"manifest has no valid version{where}")
     if version > FORMAT_VERSION:
-        raise FormatError(
+        raise NewerFormatError(
             f"manifest format version {version} is newer than this ckptsync understands ({FORMAT_VERSION}){where}",
             "upgrade ckptsync to read this remote",
         )
@@ -270,7 +270,7 @@ def _decode_v1(doc: dict[str, Any]) -> Manifest:
             raise FormatError("metric name is not a short string")
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise FormatError(f"metric {k!r} is not a number")
-        metrics[k] = None if v is None or not math.isfinite(v) else float(v)
+        metrics[k] = _finite_float(v)
     created = parse_time(_get(doc, "created", str))
     host = _get(doc, "host", str)
     commit = _get(doc, "commit", str)
@@ -289,7 +289,7 @@ def _decode_v1(doc: dict[str, Any]) -> Manifest:
         host=host,
         commit=commit,
         files=files,
-        tool=str(doc.get("tool", "")),
+        tool=doc["tool"] if isinstance(doc.get("tool"), str) else "",
         extra={k: v for k, v in doc.items() if k not in known},
     )
 
@@ -358,8 +358,28 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k[:40]!r}")
+        out[k] = v
+    return out
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(v: Any) -> float | None:
+    """A finite float, or None for null, NaN, infinities and integers too large for a float."""
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
 
 
 def _json_number(v: float | None) -> float | None:

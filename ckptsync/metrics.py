@@ -104,7 +104,10 @@ def _numeric_items(doc: Any) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for k, v in doc.items():
         if isinstance(k, str) and k and len(k) <= 256 and isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[k] = _finite(float(v))
+            try:
+                out[k] = _finite(float(v))
+            except OverflowError:
+                out[k] = None
     return out
 
 

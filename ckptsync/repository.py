@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from . import codec, format as fmt
-from .errors import FormatError, IntegrityError, NotFound, StoreError
+from .errors import FormatError, IntegrityError, NewerFormatError, NotFound, StoreError
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -66,14 +66,18 @@ class Repository:
     def chunk_key(self, digest: str, codec_name: str) -> str:
         return fmt.chunk_key(self.prefix, digest, codec_name)
 
-    def list_chunks(self) -> dict[str, StoredChunk]:
-        """Every chunk object under the prefix, by hash (one listing)."""
-        out: dict[str, StoredChunk] = {}
+    def list_chunk_objects(self) -> dict[tuple[str, str], StoredChunk]:
+        """Every chunk object under the prefix, by ``(hash, codec)`` (one listing)."""
+        out: dict[tuple[str, str], StoredChunk] = {}
         for info in self.store.list(fmt.join_key(self.prefix, fmt.CHUNKS_DIR) + "/"):
             parsed = fmt.parse_chunk_key(info.key)
             if parsed is not None:
-                out[parsed[0]] = StoredChunk(parsed[0], parsed[1], info.size, info.modified)
+                out[parsed] = StoredChunk(parsed[0], parsed[1], info.size, info.modified)
         return out
+
+    def list_chunks(self) -> dict[str, StoredChunk]:
+        """Every stored chunk by hash; where one hash is stored under two codecs, either."""
+        return {c.hash: c for c in self.list_chunk_objects().values()}
 
     def put_chunk(self, digest: str, codec_name: str, data: bytes | memoryview) -> None:
         self.store.put(self.chunk_key(digest, codec_name), data)
@@ -130,6 +134,8 @@ class Repository:
         def one(k: ManifestKey) -> ManifestRecord | None:
             try:
                 return self.read_manifest(k)
+            except NewerFormatError:
+                raise
             except FormatError as exc:
                 log.warning("skipping invalid manifest: %s", exc.message)
             except NotFound:

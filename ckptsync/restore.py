@@ -184,7 +184,8 @@ def restore_checkpoint(
         result.files_reused = len(m.files)
         result.seconds = time.monotonic() - started
         return result
-    staging = target_dir / f"{STAGING_PREFIX}{secrets.token_hex(6)}"
+    _remove_dead_staging(target_dir)
+    staging = target_dir / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
     try:
         os.mkdir(staging, 0o700)
         built = staging / m.name
@@ -500,6 +501,25 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _remove_dead_staging(target_dir: Path) -> None:
+    """Remove staging folders of restores that were killed (their process is gone)."""
+    for entry in os.listdir(target_dir):
+        if not entry.startswith(STAGING_PREFIX):
+            continue
+        pid_text = entry[len(STAGING_PREFIX) :].split("-", 1)[0]
+        try:
+            pid = int(pid_text)
+            os.kill(pid, 0)
+            if pid != os.getpid():
+                continue  # a live restore (or a reused pid): leave it
+        except (ValueError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue
+        log.info("removing %s, left by an interrupted restore", entry)
+        _remove_tree(target_dir / entry)
 
 
 def _remove_tree(path: Path) -> None:

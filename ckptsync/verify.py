@@ -37,13 +37,13 @@ def verify(
     records = repo.load_manifests(names=[name] if name is not None else None)
     if name is not None and not records:
         raise NothingToRestore(f"no committed checkpoint named {name!r} in {repo.url}", "run 'ckptsync list' to see what is committed")
-    stored = repo.list_chunks()
+    stored = repo.list_chunk_objects()
     bad: dict[str, str] = {}
     wanted = {}
     for rec in records:
         for digest, ref in rec.manifest.chunk_refs().items():
-            have = stored.get(digest)
-            if have is None or have.codec != ref.codec:
+            have = stored.get((digest, ref.codec))
+            if have is None:
                 bad[digest] = f"chunk {digest} is missing"
             elif have.stored != ref.stored:
                 bad[digest] = f"chunk {digest} is {have.stored} bytes, the manifest says {ref.stored}"
@@ -70,8 +70,9 @@ def verify(
         report = CheckpointReport(rec)
         for f in rec.manifest.files:
             for ref in f.chunks:
-                if ref.hash in bad:
-                    report.problems.append(f"{f.path}: {bad[ref.hash]}")
+                problem = f"{f.path}: {bad[ref.hash]}" if ref.hash in bad else None
+                if problem and problem not in report.problems:
+                    report.problems.append(problem)
         reports.append(report)
     return reports
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
 
 from ..errors import AlreadyExists, StoreError
 from .base import ObjectInfo, Store
@@ -58,7 +58,7 @@ class RetryingStore:
         p = self.policy
         retrying = Retrying(
             stop=stop_after_attempt(p.attempts) | stop_after_delay(p.max_seconds),
-            wait=wait_exponential_jitter(initial=p.initial_wait, max=p.max_wait),
+            wait=wait_random_exponential(multiplier=p.initial_wait, max=p.max_wait),
             retry=retry_if_exception(is_transient),
             sleep=self.sleep,
             reraise=True,
