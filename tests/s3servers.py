@@ -32,6 +32,7 @@ from pathlib import Path
 import boto3
 import botocore.session
 from botocore.config import Config
+from botocore.configprovider import BOTOCORE_DEFAUT_SESSION_VARIABLES  # sic: botocore's spelling
 
 ACCESS_KEY = "ckptsynctestaccesskey"
 SECRET_KEY = "ckptsynctestsecretkey0123456789"
@@ -100,13 +101,15 @@ _session_lock = threading.Lock()
 
 
 def _new_client(**kwargs: object):
-    """An S3 client from one shared boto3 session that reads no config or credentials file and no profile
-    of the host. Sharing it makes clients cheap (~4 ms instead of ~80 ms: the service model is loaded once);
+    """An S3 client from one shared boto3 session that reads no config or credentials file, no profile and no
+    AWS_* variable of the host. Sharing it makes clients cheap (~4 ms instead of ~80 ms: the service model is loaded once);
     the lock because botocore sessions are not thread-safe while creating clients."""
     global _session
     with _session_lock:
         if _session is None:
-            bs = botocore.session.Session(session_vars={"profile": (None, None, None, None)})
+            # every setting at its default: read neither AWS_* variables nor files
+            no_env = {k: (v[0], None, v[2], v[3]) for k, v in BOTOCORE_DEFAUT_SESSION_VARIABLES.items()}
+            bs = botocore.session.Session(session_vars=no_env)
             bs.set_config_variable("config_file", os.devnull)
             bs.set_config_variable("credentials_file", os.devnull)
             _session = boto3.session.Session(botocore_session=bs)

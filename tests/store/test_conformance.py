@@ -103,14 +103,17 @@ def test_concurrent_conditional_creates_let_exactly_one_win_where_enforced(store
             return i
         except AlreadyExists:
             return None
+        except StoreError as exc:  # rclone answers concurrent writes of one key with a 500
+            assert exc.transient and not store.conditional_writes
+            return None
 
     with ThreadPoolExecutor(8) as pool:
         winners = [w for w in pool.map(attempt, range(8)) if w is not None]
     if store.conditional_writes:
         assert len(winners) == 1
         assert store.get("p/race.json") == f"writer {winners[0]}".encode()
-    else:  # every writer "wins"; the object is whole and one of theirs
-        assert len(winners) == 8
+    else:  # writers overwrite each other; the object is whole and one of theirs
+        assert winners
         assert store.get("p/race.json") in {f"writer {i}".encode() for i in range(8)}
 
 
