@@ -154,12 +154,13 @@ def _set_pdeathsig() -> None:  # runs in the child between fork and exec
     with contextlib.suppress(Exception):
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _popen(argv: list[str], log: Path, cwd: Path, env: dict[str, str]) -> subprocess.Popen:
     # Own process group so stop() can signal the whole group; when started from the main thread, also ask the
-    # kernel to SIGTERM the server if this process dies without cleaning up (pytest killed with SIGKILL).
+    # kernel to SIGKILL the server if this process dies without cleaning up (pytest killed with SIGKILL).
+    # SIGKILL, not SIGTERM: an orphaned weed that got SIGTERM was seen to hang on forever half shut down.
     # PDEATHSIG fires when the *thread* that forked exits, so it is only safe from the main thread.
     main = threading.current_thread() is threading.main_thread() and sys.platform.startswith("linux")
     with open(log, "ab") as out:
@@ -228,8 +229,10 @@ def _kill_group(proc: subprocess.Popen) -> None:
         return
 
 
-def _wait_ready(server: S3Server, proc: subprocess.Popen | None, log: Path | None, deadline_s: float = START_DEADLINE_S) -> None:
+def _wait_ready(server: S3Server, proc: subprocess.Popen | None, log: Path | None, deadline_s: float | None = None) -> None:
     """Poll until a real write works: create a probe bucket, put, get and delete an object, delete the bucket."""
+    if deadline_s is None:
+        deadline_s = START_DEADLINE_S
     client = server.client(connect_timeout=1, read_timeout=10)
     probe = f"probe-{uuid.uuid4().hex[:12]}"
     deadline = time.monotonic() + deadline_s
@@ -237,9 +240,7 @@ def _wait_ready(server: S3Server, proc: subprocess.Popen | None, log: Path | Non
     created = False
     while True:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(
-                f"{server.name} exited with code {proc.returncode} while starting; log {log}:\n{_tail(log) if log else ''}"
-            )
+            raise RuntimeError(f"{server.name} exited with code {proc.returncode} while starting; log {log}:\n{_tail(log) if log else ''}")
         try:
             if not created:
                 client.create_bucket(Bucket=probe)
@@ -258,6 +259,18 @@ def _wait_ready(server: S3Server, proc: subprocess.Popen | None, log: Path | Non
                 f"log {log}:\n{_tail(log) if log else ''}"
             )
         time.sleep(0.1)
+
+
+def _fresh_dir(base: Path) -> Path:
+    """A new folder ``base/runN`` (a tmpdir may be reused, and each attempt gets its own)."""
+    for n in range(1, 10_000):
+        d = base / f"run{n}"
+        try:
+            d.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return d
+    raise RuntimeError(f"no free run folder under {base}")
 
 
 def _address_in_use(log: Path) -> bool:
@@ -288,10 +301,10 @@ def start_seaweedfs(tmpdir: str | os.PathLike[str]) -> tuple[S3Server, StopFn]:
         )
     )
     last_error: Exception | None = None
-    for attempt in range(1, _PORT_ATTEMPTS + 1):
-        d = base / f"run{attempt}"
+    for _ in range(_PORT_ATTEMPTS):
+        d = _fresh_dir(base)
         data = d / "data"
-        data.mkdir(parents=True)
+        data.mkdir()
         log = d / "weed.log"
         m, mg, v, vg, f, fg, s3, s3g = free_ports(8)
         argv = [
@@ -355,10 +368,10 @@ def start_rclone(tmpdir: str | os.PathLike[str]) -> tuple[S3Server, StopFn]:
     base = Path(tmpdir)
     base.mkdir(parents=True, exist_ok=True)
     last_error: Exception | None = None
-    for attempt in range(1, _PORT_ATTEMPTS + 1):
-        d = base / f"run{attempt}"
+    for _ in range(_PORT_ATTEMPTS):
+        d = _fresh_dir(base)
         root = d / "root"
-        root.mkdir(parents=True)
+        root.mkdir()
         (d / "cache").mkdir()
         log = d / "rclone.log"
         (port,) = free_ports(1)
@@ -403,8 +416,10 @@ def start_rclone(tmpdir: str | os.PathLike[str]) -> tuple[S3Server, StopFn]:
 def start_moto() -> tuple[S3Server, StopFn]:
     """moto's threaded server in this process, on a port the OS picks while binding (no race).
 
-    It shares moto's in-process state: a ``mock_aws()`` started elsewhere in the same process resets it
-    (and intercepts boto3 clients created while it is active), so a bucket must not outlive such a test.
+    It shares moto's in-process backends with ``mock_aws()``: entering or leaving a ``mock_aws()`` anywhere in
+    the process wipes this server's buckets (and while one is active both see the same buckets), so a bucket on
+    this server must not outlive a test. Error responses are built with a default botocore session of this
+    process, so e.g. an ``AWS_PROFILE`` naming a missing profile turns them into HTTP 500.
     """
     import logging
 

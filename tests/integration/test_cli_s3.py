@@ -198,3 +198,36 @@ def test_usage_errors_are_one_line_with_exit_2(moto_s3, tmp_path):
     assert p.returncode == 2 and "does not exist" in p.stderr and "Traceback" not in p.stderr
     p = run(moto_s3, "list", "--remote", "bucket/prefix")
     assert p.returncode == 2 and "not a supported URI" in p.stderr
+
+
+def test_no_credentials_is_a_clear_error(moto_s3, tmp_path):
+    env = {k: v for k, v in moto_s3.env().items()}
+    env.pop("AWS_ACCESS_KEY_ID", None)
+    env.pop("AWS_SECRET_ACCESS_KEY", None)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CKPTSYNC_"))}
+    clean.update(env)
+    p = subprocess.run(
+        [sys.executable, "-m", "ckptsync", "list", "--remote", "s3://bucket-x/p"],
+        env=clean, capture_output=True, text=True, timeout=60,
+    )
+    assert p.returncode == 1
+    assert "no AWS credentials found" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_stale_multipart_uploads_under_the_prefix_are_aborted_and_others_kept(seaweedfs, monkeypatch):
+    """SeaweedFS, not moto: moto reports every upload as initiated in 2010."""
+    from datetime import timedelta
+
+    from ckptsync.store import S3Options, S3Store
+
+    bucket = seaweedfs.create_bucket()
+    client = seaweedfs.client()
+    mine = client.create_multipart_upload(Bucket=bucket, Key="run/chunks/ab/abc")["UploadId"]
+    other = client.create_multipart_upload(Bucket=bucket, Key="elsewhere/big")["UploadId"]
+    for k, v in seaweedfs.env().items():
+        monkeypatch.setenv(k, v)
+    store = S3Store(bucket, S3Options(endpoint_url=seaweedfs.endpoint_url))
+    assert store.cleanup("run/", timedelta(hours=1)) == 0  # too recent: may still be in progress
+    assert store.cleanup("run/", timedelta(0)) == 1
+    left = {u["UploadId"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])}
+    assert mine not in left and other in left
