@@ -10,7 +10,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import signal
 import sys
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -112,7 +115,11 @@ def handle_errors(f: F) -> F:
 
     @functools.wraps(f)
     def wrapper(**kw: Any) -> Any:
-        logs.setup(kw.pop("log_level", "info"), kw.pop("log_format", "text"))
+        level = kw.pop("log_level", "info")
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None and ctx.get_parameter_source("log_level") == click.core.ParameterSource.DEFAULT:
+            level = logs.sagemaker_level(os.environ.get("SM_LOG_LEVEL")) or level
+        logs.setup(level, kw.pop("log_format", "text"))
         try:
             return f(**kw)
         except CkptsyncError as exc:
@@ -328,6 +335,190 @@ def verify(name: str | None, deep: bool, as_json: bool, **kw: Any) -> None:
     log.info("verified %d checkpoint(s)%s: %d damaged", len(reports), " deeply" if deep else "", len(bad))
     if bad:
         _fail(f"{len(bad)} of {len(reports)} checkpoint(s) are damaged", "restore falls back to intact checkpoints; push again from a host that still has the files", EXIT_ERROR)
+
+
+# ---------------------------------------------------------------- watch / run / status
+
+
+def watch_options(f: F) -> F:
+    """Options of the daemon, shared by ``watch`` and ``run``."""
+    opts = [
+        _opt("--dir", "dir_", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False, path_type=Path), help="The checkpoint folder to watch."),
+        _opt("--settle", type=click.FloatRange(0), default=10.0, show_default=True, help="Seconds without changes before a checkpoint counts as complete (2 s at most when a completion signal such as trainer_state.json is present)."),
+        _opt("--drain-timeout", type=click.FloatRange(0), default=100.0, show_default=True, help="On SIGTERM/SIGINT, seconds to finish uploading complete checkpoints."),
+        _opt("--poll", is_flag=True, help="Poll the folder instead of using inotify (network file systems)."),
+        _opt("--poll-interval", type=click.FloatRange(0.1), default=2.0, show_default=True, help="Seconds between polls with --poll."),
+        _opt("--require-marker", is_flag=True, help="Commit only checkpoints carrying a ckptsync.json marker."),
+        _opt("--spot-notice", is_flag=True, help="Poll EC2 instance metadata for a spot interruption notice and sync at once."),
+        _opt("--imds-endpoint", default="http://169.254.169.254", show_default=True, help="Instance metadata endpoint for --spot-notice."),
+        _opt("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="State folder (default: ~/.local/state/ckptsync/<id>; XDG_STATE_HOME respected)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _watch_options(kw: dict[str, Any]) -> Any:
+    from .daemon import WatchOptions
+
+    return WatchOptions(
+        settle=kw.pop("settle"),
+        drain_timeout=kw.pop("drain_timeout"),
+        poll=kw.pop("poll"),
+        poll_interval=kw.pop("poll_interval"),
+        require_marker=kw.pop("require_marker"),
+        spot_notice=kw.pop("spot_notice"),
+        imds_endpoint=kw.pop("imds_endpoint"),
+    )
+
+
+def _state_for(dir_: Path, remote: str, state_dir: Path | None) -> Any:
+    from .state import State, default_state_dir
+
+    return State(state_dir or default_state_dir(dir_, remote))
+
+
+def _summarize(report: Any) -> None:
+    log.info(
+        "synced %d checkpoint(s), %s uploaded, %d failed attempt(s); %d not synced",
+        len(report.committed), human_bytes(report.bytes_uploaded), report.failures, len(report.unsynced),
+    )
+
+
+@main.command()
+@watch_options
+@remote_options
+@common_options
+@handle_errors
+def watch(dir_: Path, state_dir: Path | None, **kw: Any) -> None:
+    """Run beside a training job: upload every complete checkpoint as it appears.
+
+    SIGTERM or SIGINT drains: complete checkpoints are committed, newest first,
+    within --drain-timeout, then the daemon exits 0. A second signal exits at once.
+    """
+    from .daemon import Daemon
+
+    opts, wopts = _options(kw), _watch_options(kw)
+    repo = api.open_repository(kw["remote"], opts)
+    daemon = Daemon(dir_, repo, opts, wopts, state=_state_for(dir_, kw["remote"], state_dir))
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if daemon.stopped or getattr(on_signal, "seen", False):
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            from .runner import flush_and_exit
+
+            flush_and_exit(128 + signum)
+        on_signal.seen = True  # type: ignore[attr-defined]
+        daemon.drain(reason=signal.Signals(signum).name)
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, on_signal)
+    daemon.start()
+    while not daemon.stopped:
+        daemon.wait(0.5)
+    _summarize(daemon.report)
+    from .runner import flush_and_exit
+
+    flush_and_exit(0)
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@_opt("--restore", "restore_", type=click.Choice(["latest", "best", "none"]), default="latest", show_default=True, help="What to restore before CMD starts.")
+@_opt("--metric", help="Metric for --restore best.")
+@_opt("--mode", type=click.Choice(["min", "max"]), help="Whether lower or higher --metric is better.")
+@watch_options
+@remote_options
+@common_options
+@click.argument("cmd", nargs=-1, required=True, metavar="-- CMD [ARGS]...")
+@handle_errors
+def run(cmd: tuple[str, ...], restore_: str, metric: str | None, mode: str | None, dir_: Path, state_dir: Path | None, **kw: Any) -> None:
+    """Restore, then run CMD while watching --dir; drain when CMD exits.
+
+    The container ENTRYPOINT form. SIGTERM, SIGINT and SIGHUP are forwarded to
+    CMD; when CMD exits, every complete checkpoint is committed (within
+    --drain-timeout of the first signal) and run exits with CMD's status.
+    A failing restore stops before CMD starts.
+    """
+    from .checkpoint import scan_entry
+    from .daemon import Daemon
+    from .restore import Selector
+    from .restore import restore as do_restore
+    from .runner import StartError, Supervisor, flush_and_exit
+
+    opts, wopts = _options(kw), _watch_options(kw)
+    dir_.mkdir(parents=True, exist_ok=True)
+    repo = api.open_repository(kw["remote"], opts)
+    state = _state_for(dir_, kw["remote"], state_dir)
+    if restore_ != "none":
+        sel = Selector(how=restore_, metric=metric, mode=mode)
+        try:
+            result = do_restore(repo, dir_.absolute(), sel, workers=opts.workers)
+        except CkptsyncError as exc:
+            raise type(exc)(f"restore failed, not starting the command: {exc.message}", exc.hint) from None
+        if result is None:
+            log.info("nothing committed yet; starting from scratch")
+        else:
+            log.info("restored %s (step %s) into %s", result.name, result.manifest.step, result.path)
+            state.record(scan_entry(result.path), result.manifest.commit)
+    daemon = Daemon(dir_, repo, opts, wopts, state=state)
+    daemon.start()
+    try:
+        code, report = Supervisor(cmd, daemon, drain_timeout=wopts.drain_timeout).run()
+    except StartError as exc:
+        _fail(str(exc), "check the command after --", 127)
+        return
+    _summarize(report)
+    flush_and_exit(code)
+
+
+@main.command()
+@_opt("--dir", "dir_", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False, path_type=Path), help="The watched folder.")
+@_opt("--remote", metavar="URI", help="The daemon's remote (with --dir, finds its state folder).")
+@_opt("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="The daemon's state folder.")
+@_opt("--json", "as_json", is_flag=True, help="Print the status file as JSON.")
+@common_options
+@handle_errors
+def status(dir_: Path, remote: str | None, state_dir: Path | None, as_json: bool) -> None:
+    """Show what a running daemon is doing (from its state folder)."""
+    from .state import STATUS_FILE, default_state_dir, default_state_root, read_json
+
+    if state_dir is None and remote:
+        state_dir = default_state_dir(dir_, remote)
+    candidates = [state_dir] if state_dir else sorted(default_state_root().glob("*"), key=lambda p: -(p / STATUS_FILE).stat().st_mtime if (p / STATUS_FILE).exists() else 0)
+    doc = next((d for d in (read_json(Path(c) / STATUS_FILE) for c in candidates) if isinstance(d, dict)), None)
+    if doc is None:
+        _fail("no daemon status found", "pass --state-dir, or --dir and --remote as given to 'ckptsync watch'", EXIT_NOTHING)
+        return
+    alive = _alive(doc.get("pid"))
+    doc["running"] = alive and doc.get("state") != "stopped"
+    if as_json:
+        click.echo(json.dumps(doc, indent=1))
+        return
+    click.echo(f"state:       {doc.get('state')}{'' if doc['running'] else ' (not running)'}  pid {doc.get('pid')}  updated {doc.get('updated')}")
+    click.echo(f"folder:      {doc.get('folder')} -> {doc.get('remote')} ({doc.get('watcher')})")
+    fl = doc.get("in_flight")
+    if fl:
+        click.echo(f"uploading:   {fl['name']} {human_bytes(fl['bytes_done'])} of {human_bytes(fl['bytes_total'])}")
+    click.echo(f"queue:       {', '.join(doc.get('queue') or []) or '-'}")
+    for name, reason in (doc.get("pending") or {}).items():
+        click.echo(f"pending:     {name}: {reason}")
+    lc = doc.get("last_commit")
+    click.echo(f"last commit: {lc['name'] + ' at ' + lc['time'] if lc else '-'}")
+    click.echo(f"totals:      {doc.get('committed')} committed, {human_bytes(doc.get('bytes_uploaded') or 0)} uploaded, {doc.get('failures')} failures, lag {doc.get('lag_seconds')}s")
+    for err in doc.get("errors") or []:
+        click.echo(f"error:       {err}")
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 if __name__ == "__main__":  # pragma: no cover

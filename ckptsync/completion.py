@@ -7,6 +7,8 @@ checkpoint, named by its entry name, unless its name marks it as temporary.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 # Names trainers and tools give to entries that are not finished yet.
 TEMPORARY_PATTERNS = (
@@ -32,3 +34,82 @@ def is_checkpoint_name(name: str) -> bool:
 def is_temporary_name(name: str) -> bool:
     """True if an entry with this name is never a (finished) checkpoint."""
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in TEMPORARY_PATTERNS)
+
+
+# Files whose presence says a checkpoint folder was finished: each is written
+# last by the trainer that uses it.
+SIGNAL_FILES = (
+    "ckptsync.json",  # ckptsync mark / ckptsync.mark()
+    "trainer_state.json",  # Hugging Face Trainer
+    ".metadata",  # torch.distributed.checkpoint (written as .metadata.tmp, then renamed)
+    "commit_success.txt",  # Orbax on stores without atomic rename
+)
+# Files that make a folder look like a Hugging Face Trainer checkpoint, which
+# is finished only once trainer_state.json is written.
+HF_FILES = frozenset(
+    {
+        "training_args.bin",
+        "optimizer.pt",
+        "scheduler.pt",
+        "scaler.pt",
+        "rng_state.pth",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "adapter_model.safetensors",
+    }
+)
+# Names of files still being written, inside a checkpoint folder.
+INNER_TEMPORARY = (".tmp*", "*.tmp", "*.partial", ".ckptsync-tmp-*", "*.orbax-checkpoint-tmp*")
+
+#: A checkpoint carrying a completion signal needs only this long without changes.
+SIGNAL_SETTLE = 2.0
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether an entry's files allow calling it complete (time aside), and why not."""
+
+    ready: bool
+    reason: str = ""
+    signal: str | None = None
+
+
+def assess(kind: str, relpaths: Iterable[str], *, require_marker: bool = False, marker_present: bool = False) -> Readiness:
+    """Decide from an entry's file list whether its completion signals permit a commit.
+
+    - a folder with a file being written (hidden temp files, ``*.tmp``, ...) is not ready;
+    - a folder that looks like a Hugging Face checkpoint needs ``trainer_state.json``;
+    - a torch.distributed.checkpoint folder (``*.distcp``) needs ``.metadata``;
+    - with ``require_marker`` every checkpoint needs its ``ckptsync.json`` marker
+      (for a single-file checkpoint ``X``, the sidecar ``X.ckptsync.json``).
+
+    ``signal`` names the completion signal found, if any. A single-file checkpoint
+    has no signal unless its sidecar marker exists (``marker_present``).
+    """
+    paths = list(relpaths)
+    if kind == "file":
+        if require_marker and not marker_present:
+            return Readiness(False, "waiting for its .ckptsync.json marker")
+        return Readiness(True, signal="ckptsync.json" if marker_present else None)
+    top = {p for p in paths if "/" not in p}
+    for p in paths:
+        base = p.rsplit("/", 1)[-1]
+        if any(fnmatch.fnmatchcase(base, pat) for pat in INNER_TEMPORARY):
+            return Readiness(False, f"{p} is still being written")
+    signal = next((f for f in SIGNAL_FILES if f in top), None)
+    if require_marker and "ckptsync.json" not in top:
+        return Readiness(False, "waiting for its ckptsync.json marker")
+    if top & HF_FILES and "trainer_state.json" not in top and signal is None:
+        return Readiness(False, "waiting for trainer_state.json")
+    if any(p.endswith(".distcp") for p in paths) and ".metadata" not in top:
+        return Readiness(False, "waiting for .metadata")
+    if not paths:
+        return Readiness(False, "empty folder")
+    return Readiness(True, signal=signal)
+
+
+def settled(last_change: float, now: float, settle: float, *, signal: bool) -> bool:
+    """True once nothing changed for ``settle`` seconds (shorter when a completion signal is present)."""
+    wait = min(settle, SIGNAL_SETTLE) if signal else settle
+    return now - last_change >= wait

@@ -143,6 +143,10 @@ class _Changed(Exception):
     pass
 
 
+class _Cancelled(Exception):
+    pass
+
+
 def default_host() -> str:
     return os.environ.get("SM_CURRENT_HOST") or socket.gethostname() or "host"
 
@@ -188,13 +192,21 @@ class Uploader:
         committed: Iterable[fmt.Manifest] = (),
         *,
         progress: Progress | None = None,
+        cancel: threading.Event | None = None,
     ) -> UploadResult:
         """Store every chunk of ``ckpt``, then commit its manifest unless a manifest with
-        the same content already exists in ``committed`` or a file changed meanwhile."""
+        the same content already exists in ``committed`` or a file changed meanwhile.
+
+        Setting ``cancel`` stops the upload between chunks; it then ends as
+        ``cancelled`` and nothing is committed (chunks already stored stay).
+        """
         started = time.monotonic()
         stats = UploadStats(files=len(ckpt.files))
+        stop = cancel or threading.Event()
         try:
-            entries = self._store_files(ckpt, stats, progress)
+            entries = self._store_files(ckpt, stats, progress, stop)
+        except _Cancelled:
+            return UploadResult(ckpt.name, "cancelled", "stopped before it finished", stats=stats)
         except _Vanished as exc:
             return UploadResult(ckpt.name, "vanished", str(exc) or "it was deleted during upload", stats=stats)
         except _Changed as exc:
@@ -225,17 +237,19 @@ class Uploader:
         stats.seconds = time.monotonic() - started
         return UploadResult(ckpt.name, "committed", key=key, manifest=manifest, stats=stats)
 
-    def _store_files(self, ckpt: LocalCheckpoint, stats: UploadStats, progress: Progress | None) -> list[fmt.FileEntry]:
+    def _store_files(
+        self, ckpt: LocalCheckpoint, stats: UploadStats, progress: Progress | None, cancel: threading.Event
+    ) -> list[fmt.FileEntry]:
         failed = threading.Event()
         futures: list[list[Future[fmt.ChunkRef]]] = []
         hashes: list[str] = []
         try:
             for f in ckpt.files:
-                if failed.is_set():
+                if failed.is_set() or cancel.is_set():
                     break
                 file_futures: list[Future[fmt.ChunkRef]] = []
                 futures.append(file_futures)
-                hashes.append(self._read_file(ckpt, f, file_futures, failed, stats, progress))
+                hashes.append(self._read_file(ckpt, f, file_futures, failed, cancel, stats, progress))
         finally:
             # Never return while workers still run on our buffers: wait for every chunk.
             for fut in (fut for ff in futures for fut in ff):
@@ -243,6 +257,8 @@ class Uploader:
         for fut in (fut for ff in futures for fut in ff):
             if fut.exception() is not None:
                 raise fut.exception()  # type: ignore[misc]
+        if cancel.is_set():
+            raise _Cancelled()
         return [
             fmt.FileEntry(f.relpath, f.size, f.mode, digest, tuple(fut.result() for fut in ff))
             for f, ff, digest in zip(ckpt.files, futures, hashes, strict=True)
@@ -254,6 +270,7 @@ class Uploader:
         f: LocalFile,
         futures: list[Future[fmt.ChunkRef]],
         failed: threading.Event,
+        cancel: threading.Event,
         stats: UploadStats,
         progress: Progress | None,
     ) -> str:
@@ -271,7 +288,7 @@ class Uploader:
             if os.fstat(fd).st_ino != f.signature[2]:
                 raise _Changed(f"{f.relpath} was replaced during upload")
             for offset, length in chunk_spans(f.size, self.chunk_size):
-                if failed.is_set():
+                if failed.is_set() or cancel.is_set():
                     break
                 self.budget.acquire(length)
                 try:
@@ -328,6 +345,8 @@ def describe(result: UploadResult) -> str:
         )
     if result.status == "unchanged":
         return f"{result.name} is already committed"
+    if result.status == "cancelled":
+        return f"{result.name} was not finished before the deadline; not committed"
     if result.status == "vanished":
         return f"{result.name} was deleted during upload; skipped"
     return f"{result.name} changed during upload ({result.reason}); not committed"

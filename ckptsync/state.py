@@ -1,0 +1,103 @@
+"""The daemon's state folder: a cache of what is committed, and the status file.
+
+The remote is the truth; this folder only saves work. Deleting it is safe: the
+next start re-reads the remote, re-hashes local checkpoints and finds their
+content already committed. Files are written atomically (temp file, fsync,
+rename), so a ``kill -9`` never leaves a torn one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import LocalCheckpoint
+
+COMMITTED_FILE = "committed.json"
+STATUS_FILE = "status.json"
+
+
+def default_state_root() -> Path:
+    """``$CKPTSYNC_STATE_DIR``, else ``$XDG_STATE_HOME/ckptsync``, else ``~/.local/state/ckptsync``."""
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "ckptsync"
+
+
+def default_state_dir(folder: Path, remote: str) -> Path:
+    """One state folder per (checkpoint folder, remote) pair under the default root."""
+    key = hashlib.sha256(f"{os.path.abspath(folder)}\n{remote}".encode()).hexdigest()[:16]
+    return default_state_root() / key
+
+
+def signature_of(ckpt: LocalCheckpoint) -> list[list[Any]]:
+    return [[f.relpath, *f.signature] for f in ckpt.files]
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_json(path: Path) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+class State:
+    """Committed checkpoints by name, with the file signatures they were committed with."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._lock = threading.Lock()
+        doc = read_json(folder / COMMITTED_FILE)
+        self._committed: dict[str, dict[str, Any]] = doc.get("checkpoints", {}) if isinstance(doc, dict) else {}
+
+    def is_committed(self, ckpt: LocalCheckpoint) -> str | None:
+        """The commit id if ``ckpt`` (same files, same signatures) was committed before."""
+        with self._lock:
+            entry = self._committed.get(ckpt.name)
+        if entry and entry.get("signature") == signature_of(ckpt):
+            return str(entry.get("commit"))
+        return None
+
+    def record(self, ckpt: LocalCheckpoint, commit: str) -> None:
+        with self._lock:
+            self._committed[ckpt.name] = {"commit": commit, "signature": signature_of(ckpt)}
+            doc = {"checkpoints": dict(self._committed)}
+        try:
+            write_json_atomic(self.folder / COMMITTED_FILE, doc)
+        except OSError:
+            pass  # a cache: losing it costs a re-hash, never data
+
+    def forget_missing(self, names: set[str]) -> None:
+        """Drop entries whose checkpoint no longer exists locally."""
+        with self._lock:
+            for name in [n for n in self._committed if n not in names]:
+                del self._committed[name]
+
+    def write_status(self, doc: dict[str, Any]) -> None:
+        try:
+            write_json_atomic(self.folder / STATUS_FILE, doc)
+        except OSError:
+            pass

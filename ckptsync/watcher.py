@@ -1,0 +1,110 @@
+"""Watching the checkpoint folder (the only watchdog import).
+
+Events are reduced to "top-level entry NAME changed" (and, with inotify, "a
+file of NAME was closed after writing"). Reads do not count: ckptsync's own
+reads of a checkpoint would otherwise keep it from ever settling. inotify is
+used when available; ``poll=True``, or a failure to start inotify (watch limit,
+some network file systems), falls back to watchdog's polling observer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+log = logging.getLogger(__name__)
+
+#: ``on_change(name, closed)``: ``closed`` is True for a close-after-write event.
+OnChange = Callable[[str, bool], None]
+
+_CHANGES = (
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    DirModifiedEvent,
+)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, folder: Path, on_change: OnChange) -> None:
+        self.folder = os.path.abspath(folder)
+        self.on_change = on_change
+
+    def _top(self, path: str | bytes | None) -> str | None:
+        if not path:
+            return None
+        p = os.fsdecode(path)
+        rel = os.path.relpath(p, self.folder)
+        if rel == "." or rel.startswith(".." + os.sep) or rel == "..":
+            return None
+        return rel.split(os.sep, 1)[0]
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        closed = isinstance(event, FileClosedEvent)
+        if not closed and not isinstance(event, _CHANGES):
+            return  # opened, closed-without-write, attribute changes (atime): reads, not writes
+        if isinstance(event, DirModifiedEvent) and self._top(event.src_path) is None:
+            return
+        names = {self._top(event.src_path), self._top(getattr(event, "dest_path", None))}
+        for name in names:
+            if name:
+                self.on_change(name, closed)
+
+
+class FolderWatcher:
+    """Recursively watches ``folder`` and reports which top-level entries change."""
+
+    def __init__(self, folder: Path, on_change: OnChange, *, poll: bool = False, poll_interval: float = 2.0) -> None:
+        self.folder = folder
+        self.on_change = on_change
+        self.poll = poll
+        self.poll_interval = poll_interval
+        self.mode = ""
+        self._observer: BaseObserver | None = None
+
+    def start(self) -> str:
+        """Start watching; returns ``"inotify"`` (or the native backend) or ``"polling"``."""
+        handler = _Handler(self.folder, self.on_change)
+        if not self.poll:
+            try:
+                observer: BaseObserver = Observer()
+                observer.schedule(handler, str(self.folder), recursive=True)
+                observer.start()
+                self._observer, self.mode = observer, "native"
+                return self.mode
+            except OSError as exc:
+                log.warning("native file watching unavailable (%s); falling back to polling every %.0fs", exc, self.poll_interval)
+        observer = PollingObserver(timeout=self.poll_interval)
+        observer.schedule(handler, str(self.folder), recursive=True)
+        observer.start()
+        self._observer, self.mode = observer, "polling"
+        return self.mode
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
