@@ -438,7 +438,10 @@ class Daemon:
         elif result.status == "changed":
             log.info("%s changed during upload (%s); waiting for it to settle again", e.name, result.reason)
         else:
-            log.info("%s", describe(result))
+            st = result.stats
+            fields = {"event": result.status, "checkpoint": e.name, "files": st.files, "raw_bytes": st.raw_bytes,
+                      "stored_bytes": st.stored_bytes, "uploaded_bytes": st.uploaded_bytes, "seconds": round(st.seconds, 3)}
+            log.info("%s", describe(result), extra={"fields": fields})
         if result.status in ("committed", "unchanged") and ckpt is not None:
             if self.state is not None:
                 self.state.record(ckpt, result.manifest.commit)  # type: ignore[union-attr]

@@ -33,6 +33,16 @@ from watchdog.observers.polling import PollingObserver
 
 log = logging.getLogger(__name__)
 
+
+class _QuietShutdown(logging.Filter):
+    """watchdog logs an ERROR when an event arrives while its observer stops; it is harmless."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_QuietShutdown())
+
 #: ``on_change(name, closed)``: ``closed`` is True for a close-after-write event.
 OnChange = Callable[[str, bool], None]
 
