@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import metrics
 from .completion import is_checkpoint_name
@@ -151,6 +153,7 @@ def read_score(path: Path, kind: str) -> metrics.Score:
     metrics from the name fill in those the file does not have.
     """
     by_name = metrics.from_name(path.name)
+    sources: tuple[tuple[Path, Callable[[Any], metrics.Score | None]], ...]
     if kind == "dir":
         sources = ((path / metrics.MARKER_FILE, metrics.from_marker), (path / metrics.HF_STATE_FILE, metrics.from_trainer_state))
     else:

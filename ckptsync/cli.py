@@ -13,9 +13,8 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,7 +61,9 @@ def _size(text: str) -> int:
 
 def common_options(f: F) -> F:
     """Logging options, on every command."""
-    f = _opt("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False), default="info", help="Log verbosity.")(f)
+    f = _opt(
+        "--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False), default="info", help="Log verbosity."
+    )(f)
     f = _opt("--log-format", type=click.Choice(["text", "json"]), default="text", help="Readable lines or one JSON object per line.")(f)
     return f
 
@@ -78,8 +79,18 @@ def remote_options(f: F) -> F:
         _opt("--sse", type=click.Choice(["AES256", "aws:kms"]), help="Server-side encryption of written objects."),
         _opt("--sse-kms-key-id", metavar="KEY", help="KMS key for --sse aws:kms."),
         _opt("--expected-bucket-owner", metavar="ACCOUNT", help="Fail unless the bucket belongs to this account id."),
-        _opt("--checksum", type=click.Choice(["when_supported", "when_required"]), default="when_supported", help="Send CRC checksums with every request, or only when required (some S3-compatible servers reject them)."),
-        _opt("--workers", type=click.IntRange(1, 256), default=None, help=f"Parallel transfers (default: 2 x CPUs, 4..16; here {default_workers()})."),
+        _opt(
+            "--checksum",
+            type=click.Choice(["when_supported", "when_required"]),
+            default="when_supported",
+            help="Send CRC checksums with every request, or only when required (some S3-compatible servers reject them).",
+        ),
+        _opt(
+            "--workers",
+            type=click.IntRange(1, 256),
+            default=None,
+            help=f"Parallel transfers (default: 2 x CPUs, 4..16; here {default_workers()}).",
+        ),
         _opt("--max-memory", type=_size, default="256M", help="Bound on chunk bytes held in memory."),
         _opt("--retries", type=click.IntRange(1, 100), default=6, help="Attempts per storage request on transient errors."),
         _opt("--host", help="This host's name in manifests (default: SM_CURRENT_HOST or the hostname)."),
@@ -150,7 +161,9 @@ def main() -> None:
 
 
 @main.command()
-@_opt("--dir", "dir_", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False, path_type=Path), help="The checkpoint folder.")
+@_opt(
+    "--dir", "dir_", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False, path_type=Path), help="The checkpoint folder."
+)
 @remote_options
 @common_options
 @handle_errors
@@ -180,7 +193,11 @@ def push(dir_: Path, **kw: Any) -> None:
     new = sum(r.stats.uploaded_bytes for r in report.results)
     log.info(
         "push done: %d committed, %d already committed, %d changed, %d deleted during upload; %s uploaded",
-        report.count("committed"), report.count("unchanged"), report.count("changed"), report.count("vanished"), human_bytes(new),
+        report.count("committed"),
+        report.count("unchanged"),
+        report.count("changed"),
+        report.count("vanished"),
+        human_bytes(new),
     )
     if not report.ok:
         _fail(
@@ -202,39 +219,43 @@ def list_(as_json: bool, **kw: Any) -> None:
     """Show the committed checkpoints, newest first."""
     opts = _options(kw)
     records = api.list_checkpoints(kw["remote"], opts)
-    rows = []
-    for r in records:
-        m = r.manifest
-        rows.append(
-            {
-                "name": m.name,
-                "step": m.step,
-                "metrics": dict(m.metrics),
-                "created": format_time(m.created),
-                "host": m.host,
-                "commit": m.commit,
-                "files": len(m.files),
-                "raw_bytes": m.raw_bytes,
-                "stored_bytes": m.stored_bytes,
-            }
-        )
     if as_json:
-        click.echo(json.dumps(rows, indent=1))
+        click.echo(json.dumps([_row(r.manifest) for r in records], indent=1))
         return
-    if not rows:
+    if not records:
         click.echo(f"no committed checkpoints in {kw['remote']}", err=True)
         return
     table = [["NAME", "STEP", "METRICS", "CREATED", "FILES", "RAW", "STORED"]]
-    for row in rows:
-        metrics = " ".join(f"{k}={_num(v)}" for k, v in sorted(row["metrics"].items()))
-        created = datetime.fromisoformat(row["created"].replace("Z", "+00:00")).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    for r in records:
+        m = r.manifest
         table.append(
-            [row["name"], "-" if row["step"] is None else str(row["step"]), metrics or "-", created, str(row["files"]),
-             human_bytes(row["raw_bytes"]), human_bytes(row["stored_bytes"])]
+            [
+                m.name,
+                "-" if m.step is None else str(m.step),
+                " ".join(f"{k}={_num(v)}" for k, v in sorted(m.metrics.items())) or "-",
+                m.created.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
+                str(len(m.files)),
+                human_bytes(m.raw_bytes),
+                human_bytes(m.stored_bytes),
+            ]
         )
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    for r in table:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
+
+
+def _row(m: Any) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "step": m.step,
+        "metrics": dict(m.metrics),
+        "created": format_time(m.created),
+        "host": m.host,
+        "commit": m.commit,
+        "files": len(m.files),
+        "raw_bytes": m.raw_bytes,
+        "stored_bytes": m.stored_bytes,
+    }
 
 
 def _num(v: float | None) -> str:
@@ -245,12 +266,21 @@ def _num(v: float | None) -> str:
 
 
 @main.command()
-@_opt("--dir", "dir_", default=DEFAULT_DIR, show_default=True, type=click.Path(path_type=Path), help="Folder to restore into (the checkpoint lands in DIR/<name>).")
+@_opt(
+    "--dir",
+    "dir_",
+    default=DEFAULT_DIR,
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Folder to restore into (the checkpoint lands in DIR/<name>).",
+)
 @remote_options
 @click.option("--latest", "how", flag_value="latest", default=True, help="Highest step, then newest commit (default).")
 @click.option("--best", "how", flag_value="best", help="Best by --metric.")
 @_opt("--metric", help="Metric for --best, e.g. eval_loss.")
-@_opt("--mode", type=click.Choice(["min", "max"]), help="Whether lower or higher --metric is better (default: min for loss/error/perplexity).")
+@_opt(
+    "--mode", type=click.Choice(["min", "max"]), help="Whether lower or higher --metric is better (default: min for loss/error/perplexity)."
+)
 @_opt("--name", help="Restore this checkpoint.")
 @_opt("--step", type=click.IntRange(0), help="Restore the checkpoint at this step.")
 @_opt("--json", "as_json", is_flag=True, help="Print one JSON object instead of the path.")
@@ -258,8 +288,18 @@ def _num(v: float | None) -> str:
 @_opt("--strict", is_flag=True, help="Fail if the chosen checkpoint is damaged instead of falling back.")
 @common_options
 @handle_errors
-def restore(dir_: Path, how: str, metric: str | None, mode: str | None, name: str | None, step: int | None,
-            as_json: bool, require: bool, strict: bool, **kw: Any) -> None:
+def restore(
+    dir_: Path,
+    how: str,
+    metric: str | None,
+    mode: str | None,
+    name: str | None,
+    step: int | None,
+    as_json: bool,
+    require: bool,
+    strict: bool,
+    **kw: Any,
+) -> None:
     """Download, verify and atomically place a committed checkpoint.
 
     The last line on stdout is the restored path (empty when nothing is
@@ -297,8 +337,13 @@ def restore(dir_: Path, how: str, metric: str | None, mode: str | None, name: st
     else:
         log.info(
             "restored %s (step %s): %d files, %s, %s downloaded, %d files reused, %.1fs",
-            result.name, result.manifest.step, result.files, human_bytes(result.bytes_written),
-            human_bytes(result.bytes_downloaded), result.files_reused, result.seconds,
+            result.name,
+            result.manifest.step,
+            result.files,
+            human_bytes(result.bytes_written),
+            human_bytes(result.bytes_downloaded),
+            result.files_reused,
+            result.seconds,
         )
     if result.skipped:
         log.warning("skipped damaged checkpoint(s): %s", ", ".join(result.skipped))
@@ -321,7 +366,11 @@ def verify(name: str | None, deep: bool, as_json: bool, **kw: Any) -> None:
     reports = api.verify(kw["remote"], name=name, deep=deep, options=opts)
     bad = [r for r in reports if not r.ok]
     if as_json:
-        click.echo(json.dumps([{"name": r.record.name, "commit": r.record.manifest.commit, "ok": r.ok, "problems": r.problems} for r in reports], indent=1))
+        click.echo(
+            json.dumps(
+                [{"name": r.record.name, "commit": r.record.manifest.commit, "ok": r.ok, "problems": r.problems} for r in reports], indent=1
+            )
+        )
     else:
         for r in reports:
             if r.ok:
@@ -334,7 +383,11 @@ def verify(name: str | None, deep: bool, as_json: bool, **kw: Any) -> None:
                     click.echo(f"         ... and {len(r.problems) - 20} more")
     log.info("verified %d checkpoint(s)%s: %d damaged", len(reports), " deeply" if deep else "", len(bad))
     if bad:
-        _fail(f"{len(bad)} of {len(reports)} checkpoint(s) are damaged", "restore falls back to intact checkpoints; push again from a host that still has the files", EXIT_ERROR)
+        _fail(
+            f"{len(bad)} of {len(reports)} checkpoint(s) are damaged",
+            "restore falls back to intact checkpoints; push again from a host that still has the files",
+            EXIT_ERROR,
+        )
 
 
 # ---------------------------------------------------------------- watch / run / status
@@ -343,15 +396,38 @@ def verify(name: str | None, deep: bool, as_json: bool, **kw: Any) -> None:
 def watch_options(f: F) -> F:
     """Options of the daemon, shared by ``watch`` and ``run``."""
     opts = [
-        _opt("--dir", "dir_", default=DEFAULT_DIR, show_default=True, type=click.Path(file_okay=False, path_type=Path), help="The checkpoint folder to watch."),
-        _opt("--settle", type=click.FloatRange(0), default=10.0, show_default=True, help="Seconds without changes before a checkpoint counts as complete (2 s at most when a completion signal such as trainer_state.json is present)."),
-        _opt("--drain-timeout", type=click.FloatRange(0), default=100.0, show_default=True, help="On SIGTERM/SIGINT, seconds to finish uploading complete checkpoints."),
+        _opt(
+            "--dir",
+            "dir_",
+            default=DEFAULT_DIR,
+            show_default=True,
+            type=click.Path(file_okay=False, path_type=Path),
+            help="The checkpoint folder to watch.",
+        ),
+        _opt(
+            "--settle",
+            type=click.FloatRange(0),
+            default=10.0,
+            show_default=True,
+            help="Seconds without changes before a checkpoint counts as complete (2 s at most when a completion signal such as trainer_state.json is present).",
+        ),
+        _opt(
+            "--drain-timeout",
+            type=click.FloatRange(0),
+            default=100.0,
+            show_default=True,
+            help="On SIGTERM/SIGINT, seconds to finish uploading complete checkpoints.",
+        ),
         _opt("--poll", is_flag=True, help="Poll the folder instead of using inotify (network file systems)."),
         _opt("--poll-interval", type=click.FloatRange(0.1), default=2.0, show_default=True, help="Seconds between polls with --poll."),
         _opt("--require-marker", is_flag=True, help="Commit only checkpoints carrying a ckptsync.json marker."),
         _opt("--spot-notice", is_flag=True, help="Poll EC2 instance metadata for a spot interruption notice and sync at once."),
         _opt("--imds-endpoint", default="http://169.254.169.254", show_default=True, help="Instance metadata endpoint for --spot-notice."),
-        _opt("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="State folder (default: ~/.local/state/ckptsync/<id>; XDG_STATE_HOME respected)."),
+        _opt(
+            "--state-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="State folder (default: ~/.local/state/ckptsync/<id>; XDG_STATE_HOME respected).",
+        ),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -381,7 +457,10 @@ def _state_for(dir_: Path, remote: str, state_dir: Path | None) -> Any:
 def _summarize(report: Any) -> None:
     log.info(
         "synced %d checkpoint(s), %s uploaded, %d failed attempt(s); %d not synced",
-        len(report.committed), human_bytes(report.bytes_uploaded), report.failures, len(report.unsynced),
+        len(report.committed),
+        human_bytes(report.bytes_uploaded),
+        report.failures,
+        len(report.unsynced),
     )
 
 
@@ -423,7 +502,14 @@ def watch(dir_: Path, state_dir: Path | None, **kw: Any) -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
-@_opt("--restore", "restore_", type=click.Choice(["latest", "best", "none"]), default="latest", show_default=True, help="What to restore before CMD starts.")
+@_opt(
+    "--restore",
+    "restore_",
+    type=click.Choice(["latest", "best", "none"]),
+    default="latest",
+    show_default=True,
+    help="What to restore before CMD starts.",
+)
 @_opt("--metric", help="Metric for --restore best.")
 @_opt("--mode", type=click.Choice(["min", "max"]), help="Whether lower or higher --metric is better.")
 @watch_options
@@ -484,7 +570,11 @@ def status(dir_: Path, remote: str | None, state_dir: Path | None, as_json: bool
 
     if state_dir is None and remote:
         state_dir = default_state_dir(dir_, remote)
-    candidates = [state_dir] if state_dir else sorted(default_state_root().glob("*"), key=lambda p: -(p / STATUS_FILE).stat().st_mtime if (p / STATUS_FILE).exists() else 0)
+    candidates = (
+        [state_dir]
+        if state_dir
+        else sorted(default_state_root().glob("*"), key=lambda p: -(p / STATUS_FILE).stat().st_mtime if (p / STATUS_FILE).exists() else 0)
+    )
     doc = next((d for d in (read_json(Path(c) / STATUS_FILE) for c in candidates) if isinstance(d, dict)), None)
     if doc is None:
         _fail("no daemon status found", "pass --state-dir, or --dir and --remote as given to 'ckptsync watch'", EXIT_NOTHING)
@@ -494,7 +584,9 @@ def status(dir_: Path, remote: str | None, state_dir: Path | None, as_json: bool
     if as_json:
         click.echo(json.dumps(doc, indent=1))
         return
-    click.echo(f"state:       {doc.get('state')}{'' if doc['running'] else ' (not running)'}  pid {doc.get('pid')}  updated {doc.get('updated')}")
+    click.echo(
+        f"state:       {doc.get('state')}{'' if doc['running'] else ' (not running)'}  pid {doc.get('pid')}  updated {doc.get('updated')}"
+    )
     click.echo(f"folder:      {doc.get('folder')} -> {doc.get('remote')} ({doc.get('watcher')})")
     fl = doc.get("in_flight")
     if fl:
@@ -504,7 +596,9 @@ def status(dir_: Path, remote: str | None, state_dir: Path | None, as_json: bool
         click.echo(f"pending:     {name}: {reason}")
     lc = doc.get("last_commit")
     click.echo(f"last commit: {lc['name'] + ' at ' + lc['time'] if lc else '-'}")
-    click.echo(f"totals:      {doc.get('committed')} committed, {human_bytes(doc.get('bytes_uploaded') or 0)} uploaded, {doc.get('failures')} failures, lag {doc.get('lag_seconds')}s")
+    click.echo(
+        f"totals:      {doc.get('committed')} committed, {human_bytes(doc.get('bytes_uploaded') or 0)} uploaded, {doc.get('failures')} failures, lag {doc.get('lag_seconds')}s"
+    )
     for err in doc.get("errors") or []:
         click.echo(f"error:       {err}")
 

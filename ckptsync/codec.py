@@ -27,7 +27,7 @@ def sha256_hex(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def new_file_hasher() -> "hashlib._Hash":
+def new_file_hasher() -> hashlib._Hash:
     return hashlib.sha256()
 
 

@@ -306,7 +306,9 @@ class Daemon:
             return
         fingerprint = tuple((f.relpath, f.signature) for f in ckpt.files)
         marker = (self.folder / (name + completion.SIDECAR_SUFFIX)).exists() if ckpt.kind == "file" else False
-        verdict = completion.assess(ckpt.kind, (f.relpath for f in ckpt.files), require_marker=self.watch.require_marker, marker_present=marker)
+        verdict = completion.assess(
+            ckpt.kind, (f.relpath for f in ckpt.files), require_marker=self.watch.require_marker, marker_present=marker
+        )
         newest_mtime = max((f.signature[1] for f in ckpt.files), default=0) / 1e9
         with self._lock:
             if e.fingerprint is not None and e.fingerprint != fingerprint:
@@ -439,8 +441,15 @@ class Daemon:
             log.info("%s changed during upload (%s); waiting for it to settle again", e.name, result.reason)
         else:
             st = result.stats
-            fields = {"event": result.status, "checkpoint": e.name, "files": st.files, "raw_bytes": st.raw_bytes,
-                      "stored_bytes": st.stored_bytes, "uploaded_bytes": st.uploaded_bytes, "seconds": round(st.seconds, 3)}
+            fields = {
+                "event": result.status,
+                "checkpoint": e.name,
+                "files": st.files,
+                "raw_bytes": st.raw_bytes,
+                "stored_bytes": st.stored_bytes,
+                "uploaded_bytes": st.uploaded_bytes,
+                "seconds": round(st.seconds, 3),
+            }
             log.info("%s", describe(result), extra={"fields": fields})
         if result.status in ("committed", "unchanged") and ckpt is not None:
             if self.state is not None:
@@ -544,7 +553,9 @@ class Daemon:
             self._uploader.close()
         with self._lock:
             self.report.unsynced = [
-                (e.name, e.reason) for e in sorted(self._entries.values(), key=_Entry.rank, reverse=True) if e.status in ("ready", "uploading")
+                (e.name, e.reason)
+                for e in sorted(self._entries.values(), key=_Entry.rank, reverse=True)
+                if e.status in ("ready", "uploading")
             ]
             self.report.seconds = self.clock() - self._started
             self._phase = "stopped"

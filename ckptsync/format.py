@@ -240,7 +240,7 @@ def decode_manifest(data: bytes, *, key: str | None = None) -> Manifest:
     if doc.get("format") != FORMAT_NAME:
         raise FormatError(f"object is not a ckptsync manifest{where}")
     version = doc.get("version")
-    if not _is_int(version) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise FormatError(f"manifest has no valid version{where}")
     if version > FORMAT_VERSION:
         raise NewerFormatError(

@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
-from . import codec, format as fmt
+from . import codec
+from . import format as fmt
 from .errors import FormatError, IntegrityError, NewerFormatError, NotFound, StoreError
 from .store import Store
 
@@ -94,9 +95,7 @@ class Repository:
                 raise IntegrityError(f"chunk {ref.hash} is larger than the manifest says ({key})", chunk=ref.hash) from None
             raise
         if len(stored) != ref.stored:
-            raise IntegrityError(
-                f"chunk {ref.hash} is {len(stored)} bytes, the manifest says {ref.stored} ({key})", chunk=ref.hash
-            )
+            raise IntegrityError(f"chunk {ref.hash} is {len(stored)} bytes, the manifest says {ref.stored} ({key})", chunk=ref.hash)
         return codec.decode(ref.codec, stored, ref.size, ref.hash)
 
     # -- manifests

@@ -23,8 +23,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import codec, format as fmt, policy
-from .errors import CkptsyncError, IntegrityError, LocalError, NothingToRestore, UsageError
+from . import codec, policy
+from . import format as fmt
+from .errors import IntegrityError, LocalError, NothingToRestore, UsageError
 from .repository import ManifestRecord, Repository
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def restore(
             raise NothingToRestore(f"no committed checkpoint {what} in {repo.url}", "run 'ckptsync list' to see what is committed")
         return None
     skipped: list[str] = []
-    last_error: CkptsyncError | None = None
+    last_error: IntegrityError | None = None
     for rec in order:
         try:
             result = restore_checkpoint(
@@ -408,9 +409,7 @@ def _exact(final: Path, m: fmt.Manifest) -> bool:
     for dirpath, _dirs, files in os.walk(final):
         for fn in files:
             present.add((Path(dirpath) / fn).relative_to(final).as_posix())
-    return present == {e.path for e in m.files} and all(
-        stat_mode(final.joinpath(*e.path.split("/"))) == e.mode & 0o1777 for e in m.files
-    )
+    return present == {e.path for e in m.files} and all(stat_mode(final.joinpath(*e.path.split("/"))) == e.mode & 0o1777 for e in m.files)
 
 
 def stat_mode(path: Path) -> int:
@@ -528,7 +527,10 @@ def _remove_tree(path: Path) -> None:
 
 def _local_error(exc: OSError, where: Path) -> LocalError:
     if exc.errno == errno.ENOSPC:
-        return LocalError(f"no space left on device while restoring into {where.parent}", "free space, or restore into a larger volume; nothing was changed")
+        return LocalError(
+            f"no space left on device while restoring into {where.parent}",
+            "free space, or restore into a larger volume; nothing was changed",
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return LocalError(f"cannot write {where}: {exc.strerror}", "check the permissions of --dir")
     return LocalError(f"cannot restore into {where}: {exc.strerror or exc}")

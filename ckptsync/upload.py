@@ -14,6 +14,7 @@ changed while the chunks were uploaded: the manifest is the commit point.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -24,7 +25,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from . import __version__, codec, format as fmt
+from . import __version__, codec
+from . import format as fmt
 from .checkpoint import LocalCheckpoint, LocalFile
 from .chunking import CHUNK_SIZE, chunk_spans
 from .errors import CkptsyncError, LocalError
@@ -178,7 +180,7 @@ class Uploader:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> "Uploader":
+    def __enter__(self) -> Uploader:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -301,7 +303,7 @@ class Uploader:
                     raise _Changed(f"{f.relpath} shrank during upload")
                 hasher.update(data)
                 fut = self.pool.submit(self._store_chunk, data, stats)
-                fut.add_done_callback(lambda fu, n=length: self._chunk_done(fu, n, failed, progress))
+                fut.add_done_callback(functools.partial(self._chunk_done, n=length, failed=failed, progress=progress))
                 futures.append(fut)
         finally:
             os.close(fd)

@@ -38,8 +38,11 @@ class Store(Protocol):
 
     #: A printable location, never containing credentials.
     url: str
-    #: True if put_if_absent is enforced by the server, False if not, None if unknown.
-    conditional_writes: bool | None
+
+    @property
+    def conditional_writes(self) -> bool | None:
+        """True if put_if_absent is enforced by the server, False if not, None if unknown."""
+        ...
 
     def put(self, key: str, data: bytes | memoryview) -> None: ...
 

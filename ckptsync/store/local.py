@@ -100,7 +100,7 @@ class LocalStore:
         top = self._path(base) if base else self.root
         out = []
         try:
-            for dirpath, dirnames, filenames in os.walk(top):
+            for dirpath, _dirnames, filenames in os.walk(top):
                 for fn in filenames:
                     if fn.startswith(_TMP_MARK):
                         continue

@@ -133,16 +133,16 @@ class S3Store:
 
     def put(self, key: str, data: bytes | memoryview) -> None:
         try:
-            self._client.put_object(Bucket=self.bucket, Key=key, Body=bytes(data) if isinstance(data, memoryview) else data, **self._put_args())
+            self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=bytes(data) if isinstance(data, memoryview) else data, **self._put_args()
+            )
         except Exception as exc:
             raise self._translate(exc, "put", key) from None
 
     def put_if_absent(self, key: str, data: bytes | memoryview) -> None:
         # s3transfer does not pass IfNoneMatch: this must be a plain put_object.
         try:
-            self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=bytes(data), IfNoneMatch="*", **self._put_args()
-            )
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=bytes(data), IfNoneMatch="*", **self._put_args())
         except Exception as exc:
             raise self._translate(exc, "put", key) from None
 
@@ -278,7 +278,9 @@ class S3Store:
                 key=key,
                 transient=True,
             )
-        if isinstance(exc, (bex.ReadTimeoutError, bex.ConnectionClosedError, bex.ResponseStreamingError, bex.IncompleteReadError, bex.HTTPClientError)):
+        if isinstance(
+            exc, (bex.ReadTimeoutError, bex.ConnectionClosedError, bex.ResponseStreamingError, bex.IncompleteReadError, bex.HTTPClientError)
+        ):
             return StoreError(f"connection failed during {op} {where}: {type(exc).__name__}", key=key, transient=True)
         if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
             return StoreError(f"connection failed during {op} {where}: {exc}", key=key, transient=True)
