@@ -134,6 +134,7 @@ class Daemon:
         self._writers_gone = False
         self._deadline: float | None = None
         self._urgent = False
+        self._rescan_now = False
         self._started = clock()
         self._committed: dict[str, list[Manifest]] = defaultdict(list)
         self._index: ChunkIndex | None = None
@@ -191,6 +192,7 @@ class Daemon:
                 deadline = self.clock() + self.watch.drain_timeout
             self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
             self._dirty.update(self._entries)
+            self._rescan_now = True  # events may still be in flight: look at the folder itself
             self._phase = "draining"
         self._wake.set()
 
@@ -237,6 +239,7 @@ class Daemon:
         log.warning("spot interruption notice received (%s): syncing every complete checkpoint now", body.strip()[:200])
         with self._lock:
             self._urgent = True
+            self._rescan_now = True
             self._dirty.update(self._entries)
         self._wake.set()
 
@@ -252,7 +255,8 @@ class Daemon:
                 self._wake.wait(self.watch.tick)
                 self._wake.clear()
                 now = self.clock()
-                if now - last_rescan >= self.watch.rescan_interval:
+                if self._rescan_now or now - last_rescan >= self.watch.rescan_interval:
+                    self._rescan_now = False
                     self._rescan(now)
                     last_rescan = now
                 self._evaluate_all(now)
@@ -363,7 +367,7 @@ class Daemon:
 
     def _finished(self, now: float) -> bool:
         with self._lock:
-            if not self._draining:
+            if not self._draining or self._rescan_now:
                 return False
             if self._deadline is not None and now >= self._deadline:
                 self._cancel.set()

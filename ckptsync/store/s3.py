@@ -182,6 +182,10 @@ class S3Store:
         try:
             pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, **self._common())
             for page in pages:
+                # botocore does not check the length of listing responses: a body cut
+                # short can parse as an empty listing. Every real answer says IsTruncated.
+                if "IsTruncated" not in page:
+                    raise StoreError(f"incomplete listing of s3://{self.bucket}/{prefix}", key=prefix, transient=True)
                 for obj in page.get("Contents", ()):
                     out.append(ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("LastModified")))
         except Exception as exc:
