@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 from .api import list_checkpoints, open_repository, push, restore, verify  # noqa: E402
 from .config import Options  # noqa: E402
 from .errors import CkptsyncError, IntegrityError, NothingToRestore, StoreError, UsageError  # noqa: E402
+from .marker import mark  # noqa: E402
 from .restore import RestoreResult  # noqa: E402
 from .store import RetryPolicy, S3Options  # noqa: E402
 
@@ -23,6 +24,7 @@ __all__ = [
     "restore",
     "list_checkpoints",
     "verify",
+    "mark",
     "open_repository",
     "Options",
     "S3Options",

@@ -213,26 +213,36 @@ def push(dir_: Path, **kw: Any) -> None:
 @main.command("list")
 @remote_options
 @_opt("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@_opt("--sort", "sort_by", default="step", show_default=True, metavar="step|created|METRIC", help="Order: by step (newest first), commit time, or a metric (best first).")
+@_opt("--mode", type=click.Choice(["min", "max"]), help="With --sort METRIC: whether lower or higher is better.")
 @common_options
 @handle_errors
-def list_(as_json: bool, **kw: Any) -> None:
-    """Show the committed checkpoints, newest first."""
+def list_(as_json: bool, sort_by: str, mode: str | None, **kw: Any) -> None:
+    """Show the committed checkpoints (newest first, or sorted by --sort)."""
+    from . import policy
+
     opts = _options(kw)
     records = api.list_checkpoints(kw["remote"], opts)
+    if sort_by == "created":
+        records = sorted(records, key=lambda r: (r.manifest.created, r.manifest.commit), reverse=True)
+    elif sort_by != "step":
+        best = policy.by_best(records, sort_by, policy.infer_mode(sort_by, mode))
+        records = best + [r for r in records if r not in best]  # type: ignore[operator]
     if as_json:
         click.echo(json.dumps([_row(r.manifest) for r in records], indent=1))
         return
     if not records:
         click.echo(f"no committed checkpoints in {kw['remote']}", err=True)
         return
-    table = [["NAME", "STEP", "METRICS", "CREATED", "FILES", "RAW", "STORED"]]
+    columns = sorted({k for r in records for k in r.manifest.metrics})
+    table = [["NAME", "STEP", *(c.upper() for c in columns), "CREATED", "FILES", "RAW", "STORED"]]
     for r in records:
         m = r.manifest
         table.append(
             [
                 m.name,
                 "-" if m.step is None else str(m.step),
-                " ".join(f"{k}={_num(v)}" for k, v in sorted(m.metrics.items())) or "-",
+                *(_num(m.metrics[c]) if c in m.metrics else "-" for c in columns),
                 m.created.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
                 str(len(m.files)),
                 human_bytes(m.raw_bytes),
@@ -388,6 +398,28 @@ def verify(name: str | None, deep: bool, as_json: bool, **kw: Any) -> None:
             "restore falls back to intact checkpoints; push again from a host that still has the files",
             EXIT_ERROR,
         )
+
+
+# ---------------------------------------------------------------- mark
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=False, path_type=Path))
+@click.option("--step", type=click.IntRange(0), help="The checkpoint's training step.")
+@click.option("--metric", "metric_args", multiple=True, metavar="NAME=VALUE", help="A metric (repeatable), e.g. --metric eval_loss=0.21.")
+@common_options
+@handle_errors
+def mark(path: Path, step: int | None, metric_args: tuple[str, ...]) -> None:
+    """Write the ckptsync.json completion marker of the checkpoint at PATH.
+
+    Call it last, once the checkpoint is fully written: the daemon then commits
+    it as soon as it settles, with this step and these metrics.
+    """
+    from .marker import mark as write_marker
+    from .marker import parse_metric_args
+
+    target = write_marker(path, step=step, metrics=parse_metric_args(list(metric_args)))
+    click.echo(str(target))
 
 
 # ---------------------------------------------------------------- watch / run / status

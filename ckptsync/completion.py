@@ -60,7 +60,7 @@ HF_FILES = frozenset(
     }
 )
 # Names of files still being written, inside a checkpoint folder.
-INNER_TEMPORARY = (".tmp*", "*.tmp", "*.partial", ".ckptsync-tmp-*", "*.orbax-checkpoint-tmp*")
+INNER_TEMPORARY = (".tmp*", "*.tmp", "*.partial", ".ckptsync-tmp-*", ".ckptsync-marker-*", "*.orbax-checkpoint-tmp*")
 
 #: A checkpoint carrying a completion signal needs only this long without changes.
 SIGNAL_SETTLE = 2.0
