@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from . import policy
+from .catalog import Checkpoint, group
 from .checkpoint import LocalCheckpoint, check_folder, scan_folder
 from .config import Options
 from .errors import CkptsyncError
@@ -92,7 +93,7 @@ def _push(
     for rec in repo.load_manifests(names=[c.name for c in ckpts]):
         committed[rec.name].append(rec.manifest)
     ckpts.sort(key=lambda c: (c.score.step is not None, c.score.step or -1, c.name), reverse=True)
-    with Uploader(repo, index, workers=opts.workers, max_memory=opts.max_memory, host=opts.host) as up:
+    with Uploader(repo, index, workers=opts.workers, max_memory=opts.max_memory, host=opts.host, hosts=opts.hosts) as up:
         for ckpt in ckpts:
             result = up.upload(ckpt, committed[ckpt.name], progress=progress(ckpt) if progress else None)
             log.log(logging.WARNING if result.status == "changed" else logging.INFO, "%s", describe(result))
@@ -110,6 +111,7 @@ def restore(
     name: str | None = None,
     step: int | None = None,
     strict: bool = False,
+    all_hosts: bool = False,
     options: Options | None = None,
     wrap: StoreWrapper | None = None,
     progress: Callable[[ManifestRecord], Callable[[int], None] | None] | None = None,
@@ -124,16 +126,25 @@ def restore(
     repo = open_repository(remote, opts, wrap=wrap)
     try:
         sel = Selector(how=select, metric=metric, mode=mode, name=name, step=step)
-        return _restore(repo, Path(dir).absolute(), sel, strict=strict, workers=opts.workers, progress_factory=progress)
+        return _restore(
+            repo,
+            Path(dir).absolute(),
+            sel,
+            strict=strict,
+            workers=opts.workers,
+            progress_factory=progress,
+            host=opts.host,
+            all_hosts=all_hosts,
+        )
     finally:
         repo.store.close()
 
 
-def list_checkpoints(remote: str, options: Options | None = None, *, wrap: StoreWrapper | None = None) -> list[ManifestRecord]:
-    """Every committed checkpoint of a remote, newest first."""
+def list_checkpoints(remote: str, options: Options | None = None, *, wrap: StoreWrapper | None = None) -> list[Checkpoint]:
+    """Every committed checkpoint of a remote, newest first (multi-host ones grouped, complete or not)."""
     repo = open_repository(remote, options, wrap=wrap)
     try:
-        return policy.by_latest(repo.load_manifests())  # type: ignore[return-value]
+        return policy.by_latest(group(repo.load_manifests()))
     finally:
         repo.store.close()
 

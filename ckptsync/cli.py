@@ -22,7 +22,7 @@ import click
 
 from . import __version__, api, logs
 from .config import Options, default_workers
-from .errors import EXIT_ERROR, EXIT_NOTHING, CkptsyncError, NothingToRestore
+from .errors import EXIT_ERROR, EXIT_NOTHING, CkptsyncError
 from .format import format_time
 from .progress import ProgressBar
 from .store import RetryPolicy, S3Options
@@ -94,6 +94,7 @@ def remote_options(f: F) -> F:
         _opt("--max-memory", type=_size, default="256M", help="Bound on chunk bytes held in memory."),
         _opt("--retries", type=click.IntRange(1, 100), default=6, help="Attempts per storage request on transient errors."),
         _opt("--host", help="This host's name in manifests (default: SM_CURRENT_HOST or the hostname)."),
+        _opt("--hosts", metavar="H1,H2,...", help="Every host of a multi-host job (default: SM_HOSTS); each commits its own part."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -118,7 +119,16 @@ def _options(kw: dict[str, Any]) -> Options:
         workers=workers,
         max_memory=kw.pop("max_memory"),
         host=kw.pop("host"),
+        hosts=_hosts(kw.pop("hosts")),
     )
+
+
+def _hosts(text: str | None) -> tuple[str, ...]:
+    from .config import sagemaker_hosts
+
+    if text is None:
+        return sagemaker_hosts()
+    return tuple(sorted({h.strip() for h in text.split(",") if h.strip()}))
 
 
 def handle_errors(f: F) -> F:
@@ -213,7 +223,14 @@ def push(dir_: Path, **kw: Any) -> None:
 @main.command("list")
 @remote_options
 @_opt("--json", "as_json", is_flag=True, help="Print a JSON array.")
-@_opt("--sort", "sort_by", default="step", show_default=True, metavar="step|created|METRIC", help="Order: by step (newest first), commit time, or a metric (best first).")
+@_opt(
+    "--sort",
+    "sort_by",
+    default="step",
+    show_default=True,
+    metavar="step|created|METRIC",
+    help="Order: by step (newest first), commit time, or a metric (best first).",
+)
 @_opt("--mode", type=click.Choice(["min", "max"]), help="With --sort METRIC: whether lower or higher is better.")
 @common_options
 @handle_errors
@@ -227,20 +244,22 @@ def list_(as_json: bool, sort_by: str, mode: str | None, **kw: Any) -> None:
         records = sorted(records, key=lambda r: (r.manifest.created, r.manifest.commit), reverse=True)
     elif sort_by != "step":
         best = policy.by_best(records, sort_by, policy.infer_mode(sort_by, mode))
-        records = best + [r for r in records if r not in best]  # type: ignore[operator]
+        records = best + [r for r in records if r not in best]
     if as_json:
-        click.echo(json.dumps([_row(r.manifest) for r in records], indent=1))
+        click.echo(json.dumps([_row(r) for r in records], indent=1))
         return
     if not records:
         click.echo(f"no committed checkpoints in {kw['remote']}", err=True)
         return
     columns = sorted({k for r in records for k in r.manifest.metrics})
-    table = [["NAME", "STEP", *(c.upper() for c in columns), "CREATED", "FILES", "RAW", "STORED"]]
+    multi = any(r.hosts for r in records)
+    table = [["NAME", *(["HOSTS"] if multi else []), "STEP", *(c.upper() for c in columns), "CREATED", "FILES", "RAW", "STORED"]]
     for r in records:
         m = r.manifest
         table.append(
             [
                 m.name,
+                *([_host_state(r)] if multi else []),
                 "-" if m.step is None else str(m.step),
                 *(_num(m.metrics[c]) if c in m.metrics else "-" for c in columns),
                 m.created.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
@@ -254,8 +273,19 @@ def list_(as_json: bool, sort_by: str, mode: str | None, **kw: Any) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
 
 
-def _row(m: Any) -> dict[str, Any]:
+def _host_state(ck: Any) -> str:
+    if not ck.hosts:
+        return "-"
+    done = f"{len(ck.hosts) - len(ck.missing)}/{len(ck.hosts)}"
+    return done if ck.complete else f"{done} (waiting for {','.join(ck.missing)})"
+
+
+def _row(ck: Any) -> dict[str, Any]:
+    m = ck.manifest
     return {
+        "hosts": list(ck.hosts),
+        "committed_hosts": sorted(ck.members) if ck.hosts else [m.host],
+        "complete": ck.complete,
         "name": m.name,
         "step": m.step,
         "metrics": dict(m.metrics),
@@ -296,6 +326,7 @@ def _num(v: float | None) -> str:
 @_opt("--json", "as_json", is_flag=True, help="Print one JSON object instead of the path.")
 @_opt("--require", is_flag=True, help="Exit 3 if nothing is committed yet.")
 @_opt("--strict", is_flag=True, help="Fail if the chosen checkpoint is damaged instead of falling back.")
+@_opt("--all-hosts", is_flag=True, help="For a multi-host checkpoint, restore every host's files, not only this host's.")
 @common_options
 @handle_errors
 def restore(
@@ -308,6 +339,7 @@ def restore(
     as_json: bool,
     require: bool,
     strict: bool,
+    all_hosts: bool,
     **kw: Any,
 ) -> None:
     """Download, verify and atomically place a committed checkpoint.
@@ -327,9 +359,9 @@ def restore(
         return bar.update
 
     try:
-        result = api.restore(kw["remote"], dir_, how, metric, mode, name=name, step=step, strict=strict, options=opts, progress=progress)
-    except NothingToRestore:
-        raise
+        result = api.restore(
+            kw["remote"], dir_, how, metric, mode, name=name, step=step, strict=strict, all_hosts=all_hosts, options=opts, progress=progress
+        )
     finally:
         for b in bars:
             b.close()
@@ -455,6 +487,7 @@ def watch_options(f: F) -> F:
         _opt("--require-marker", is_flag=True, help="Commit only checkpoints carrying a ckptsync.json marker."),
         _opt("--spot-notice", is_flag=True, help="Poll EC2 instance metadata for a spot interruption notice and sync at once."),
         _opt("--imds-endpoint", default="http://169.254.169.254", show_default=True, help="Instance metadata endpoint for --spot-notice."),
+        _opt("--spot-interval", type=click.FloatRange(0.1), default=5.0, show_default=True, help="Seconds between spot notice polls."),
         _opt(
             "--state-dir",
             type=click.Path(file_okay=False, path_type=Path),
@@ -477,6 +510,7 @@ def _watch_options(kw: dict[str, Any]) -> Any:
         require_marker=kw.pop("require_marker"),
         spot_notice=kw.pop("spot_notice"),
         imds_endpoint=kw.pop("imds_endpoint"),
+        spot_interval=kw.pop("spot_interval"),
     )
 
 

@@ -32,3 +32,16 @@ class Options:
     workers: int = field(default_factory=default_workers)
     max_memory: int = 256 << 20
     host: str | None = None
+    #: Every host of a multi-host job (empty: this host alone).
+    hosts: tuple[str, ...] = ()
+
+
+def sagemaker_hosts() -> tuple[str, ...]:
+    """``SM_HOSTS`` (a JSON list) as a tuple; empty when unset or malformed."""
+    import json
+
+    try:
+        hosts = json.loads(os.environ.get("SM_HOSTS", "[]"))
+    except ValueError:
+        return ()
+    return tuple(sorted(h for h in hosts if isinstance(h, str) and h)) if isinstance(hosts, list) else ()

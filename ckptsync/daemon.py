@@ -250,9 +250,11 @@ class Daemon:
         last_rescan = self.clock()
         last_ping = 0.0
         ping = watchdog_period()
+        # systemd kills a service whose pings come later than WATCHDOG_USEC: wake often enough.
+        tick = min(self.watch.tick, ping) if ping else self.watch.tick
         try:
             while True:
-                self._wake.wait(self.watch.tick)
+                self._wake.wait(tick)
                 self._wake.clear()
                 now = self.clock()
                 if self._rescan_now or now - last_rescan >= self.watch.rescan_interval:
@@ -495,7 +497,12 @@ class Daemon:
             self._index = ChunkIndex(chunks.values())
             self._committed = committed
             self._uploader = Uploader(
-                self.repo, self._index, workers=self.options.workers, max_memory=self.options.max_memory, host=self.options.host
+                self.repo,
+                self._index,
+                workers=self.options.workers,
+                max_memory=self.options.max_memory,
+                host=self.options.host,
+                hosts=self.options.hosts,
             )
             self._remote_error = None
         log.info("remote %s: %d committed checkpoints, %d chunks", self.repo.url, sum(map(len, committed.values())), len(chunks))

@@ -21,7 +21,9 @@ from urllib.parse import quote, unquote
 from .errors import FormatError, NewerFormatError
 
 FORMAT_NAME = "ckptsync.manifest"
-FORMAT_VERSION = 1
+#: The newest version this code reads. Writers use version 1 unless a feature
+#: of a later version is needed (version 2: ``hosts``, multi-host checkpoints).
+FORMAT_VERSION = 2
 HASH_ALGORITHM = "sha256"
 CODECS = ("raw", "zstd")
 
@@ -85,6 +87,12 @@ class Manifest:
     files: tuple[FileEntry, ...]
     tool: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: The hosts that each commit their part of this checkpoint (empty: a single host).
+    hosts: tuple[str, ...] = ()
+
+    @property
+    def version(self) -> int:
+        return 2 if self.hosts else 1
 
     @property
     def raw_bytes(self) -> int:
@@ -110,7 +118,7 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
+            "version": self.version,
             "name": self.name,
             "kind": self.kind,
             "step": self.step,
@@ -122,6 +130,8 @@ class Manifest:
             "hash_algorithm": HASH_ALGORITHM,
             "files": [f.to_json() for f in self.files],
         }
+        if self.hosts:
+            doc["hosts"] = list(self.hosts)
         for k, v in self.extra.items():
             doc.setdefault(k, v)
         return doc
@@ -279,7 +289,31 @@ def _decode_v1(doc: dict[str, Any]) -> Manifest:
     files_doc = _get(doc, "files", list)
     files = tuple(_decode_file(f) for f in files_doc)
     _check_file_set(name, kind, files)
-    known = {"format", "version", "name", "kind", "step", "metrics", "created", "host", "commit", "tool", "hash_algorithm", "files"}
+    hosts: tuple[str, ...] = ()
+    if doc.get("version", 1) >= 2 and "hosts" in doc:
+        hosts_doc = doc["hosts"]
+        if not isinstance(hosts_doc, list) or not hosts_doc or len(hosts_doc) > 4096:
+            raise FormatError("hosts is not a non-empty list")
+        if not all(isinstance(h, str) and 0 < len(h) <= 255 for h in hosts_doc) or len(set(hosts_doc)) != len(hosts_doc):
+            raise FormatError("hosts must be distinct non-empty strings")
+        if host not in hosts_doc:
+            raise FormatError(f"host {host[:60]!r} is not in the manifest's hosts")
+        hosts = tuple(sorted(hosts_doc))
+    known = {
+        "format",
+        "version",
+        "name",
+        "kind",
+        "step",
+        "metrics",
+        "created",
+        "host",
+        "commit",
+        "tool",
+        "hash_algorithm",
+        "files",
+        "hosts",
+    }
     return Manifest(
         name=name,
         kind=kind,
@@ -291,6 +325,7 @@ def _decode_v1(doc: dict[str, Any]) -> Manifest:
         files=files,
         tool=doc["tool"] if isinstance(doc.get("tool"), str) else "",
         extra={k: v for k, v in doc.items() if k not in known},
+        hosts=hosts,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from .errors import UsageError
 from .format import Manifest
@@ -23,11 +23,14 @@ class HasManifest(Protocol):
     def manifest(self) -> Manifest: ...
 
 
+T = TypeVar("T", bound=HasManifest)
+
+
 def latest_key(m: Manifest) -> tuple[int, int, float, str]:
     return (1 if m.step is not None else 0, m.step if m.step is not None else -1, m.created.timestamp(), m.commit)
 
 
-def by_latest(records: Sequence[HasManifest]) -> list[HasManifest]:
+def by_latest(records: Sequence[T]) -> list[T]:
     """Newest first."""
     return sorted(records, key=lambda r: latest_key(r.manifest), reverse=True)
 
@@ -51,7 +54,7 @@ def metric_value(m: Manifest, metric: str) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
-def by_best(records: Sequence[HasManifest], metric: str, mode: str) -> list[HasManifest]:
+def by_best(records: Sequence[T], metric: str, mode: str) -> list[T]:
     """Best first; records without a finite value of ``metric`` are left out."""
     scored = [r for r in records if metric_value(r.manifest, metric) is not None]
     latest = by_latest(scored)

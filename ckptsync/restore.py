@@ -22,13 +22,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
-from . import codec, policy
+from . import catalog, codec, policy
 from . import format as fmt
 from .errors import IntegrityError, LocalError, NothingToRestore, UsageError
 from .repository import ManifestRecord, Repository
+from .upload import default_host
 
 log = logging.getLogger(__name__)
+C = TypeVar("C", bound=policy.HasManifest)
 
 Progress = Callable[[int], None]
 STAGING_PREFIX = ".ckptsync-staging-"
@@ -84,13 +87,13 @@ class RestoreResult:
         }
 
 
-def candidates(records: Sequence[ManifestRecord], sel: Selector) -> list[ManifestRecord]:
+def candidates(records: Sequence[C], sel: Selector) -> list[C]:
     """The checkpoints ``sel`` asks for, in the order to try them (pure)."""
     if sel.name is not None:
         chosen = [r for r in records if r.manifest.name == sel.name]
-        return policy.by_latest(chosen)  # type: ignore[return-value]
+        return policy.by_latest(chosen)
     if sel.step is not None:
-        return policy.by_latest([r for r in records if r.manifest.step == sel.step])  # type: ignore[return-value]
+        return policy.by_latest([r for r in records if r.manifest.step == sel.step])
     if sel.how == "best":
         if not sel.metric:
             raise UsageError("--best needs a metric", "pass --metric NAME (for example --metric eval_loss)")
@@ -102,10 +105,10 @@ def candidates(records: Sequence[ManifestRecord], sel: Selector) -> list[Manifes
                 f"no committed checkpoint has the metric {sel.metric!r}",
                 f"metrics present: {present}",
             )
-        return ranked  # type: ignore[return-value]
+        return ranked
     if sel.how != "latest":
         raise UsageError(f"unknown selection {sel.how!r}", "use --latest, --best, --name or --step")
-    return policy.by_latest(records)  # type: ignore[return-value]
+    return policy.by_latest(records)
 
 
 def restore(
@@ -116,23 +119,32 @@ def restore(
     strict: bool = False,
     workers: int = 8,
     progress_factory: Callable[[ManifestRecord], Progress | None] | None = None,
+    host: str | None = None,
+    all_hosts: bool = False,
 ) -> RestoreResult | None:
     """Restore the first intact checkpoint among the candidates ``sel`` names.
 
     Returns None when nothing is committed (or nothing matches ``--name``/``--step``:
     then NothingToRestore is raised). A damaged candidate is reported and the next
-    one is tried, unless ``strict``.
+    one is tried, unless ``strict``. Multi-host checkpoints are candidates only once
+    every host committed; this ``host``'s files are restored (``all_hosts``: everyone's).
     """
     records = repo.load_manifests(names=[sel.name] if sel.name is not None else None)
-    order = candidates(records, sel)
+    checkpoints = catalog.group(records)
+    for ck in checkpoints:
+        if not ck.complete:
+            log.info("skipping %s: not committed yet by %s", ck.name, ", ".join(ck.missing))
+    order = candidates([ck for ck in checkpoints if ck.complete], sel)
     if not order:
         if sel.name is not None or sel.step is not None:
             what = f"named {sel.name!r}" if sel.name is not None else f"at step {sel.step}"
-            raise NothingToRestore(f"no committed checkpoint {what} in {repo.url}", "run 'ckptsync list' to see what is committed")
+            raise NothingToRestore(f"no complete committed checkpoint {what} in {repo.url}", "run 'ckptsync list' to see what is committed")
         return None
     skipped: list[str] = []
     last_error: IntegrityError | None = None
-    for rec in order:
+    me = host or default_host()
+    for ck in order:
+        rec = ck.merged() if all_hosts else ck.for_host(me)
         try:
             result = restore_checkpoint(
                 repo, rec, target_dir, workers=workers, progress=progress_factory(rec) if progress_factory else None

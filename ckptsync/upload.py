@@ -29,7 +29,7 @@ from . import __version__, codec
 from . import format as fmt
 from .checkpoint import LocalCheckpoint, LocalFile
 from .chunking import CHUNK_SIZE, chunk_spans
-from .errors import CkptsyncError, LocalError
+from .errors import CkptsyncError, LocalError, UsageError
 from .repository import Repository, StoredChunk
 
 log = logging.getLogger(__name__)
@@ -165,12 +165,20 @@ class Uploader:
         workers: int = 4,
         max_memory: int = 128 << 20,
         host: str | None = None,
+        hosts: tuple[str, ...] = (),
         chunk_size: int = CHUNK_SIZE,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         self.repo = repo
         self.index = index
         self.host = host or default_host()
+        # A one-host set is a single-host job: written as such (format version 1).
+        self.hosts = tuple(sorted(set(hosts))) if len(set(hosts)) > 1 else ()
+        if self.hosts and self.host not in self.hosts:
+            raise UsageError(
+                f"this host {self.host!r} is not among the job's hosts ({', '.join(self.hosts)})",
+                "check --host and --hosts (or SM_CURRENT_HOST and SM_HOSTS)",
+            )
         self.chunk_size = chunk_size
         self.clock = clock
         # Each chunk in flight holds its raw bytes and, briefly, its encoded copy.
@@ -229,11 +237,15 @@ class Uploader:
             commit=fmt.new_commit_id(created, self.host),
             files=tuple(entries),
             tool=f"ckptsync/{__version__}",
+            hosts=self.hosts,
         )
         stats.raw_bytes = manifest.raw_bytes
         stats.stored_bytes = manifest.stored_bytes
         for other in committed:
-            if other.name == manifest.name and other.content_key() == manifest.content_key():
+            # Only this host's own commit of the same host set counts: another host's
+            # identical files do not complete this host's part of a multi-host checkpoint.
+            mine = other.hosts == self.hosts and (not self.hosts or other.host == self.host)
+            if mine and other.name == manifest.name and other.content_key() == manifest.content_key():
                 return UploadResult(ckpt.name, "unchanged", "already committed", manifest=other, stats=stats)
         key = self.repo.commit(manifest)
         stats.seconds = time.monotonic() - started

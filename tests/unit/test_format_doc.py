@@ -48,7 +48,7 @@ def test_example_manifest_round_trips() -> None:
     original = json.loads(text)
     # sort_keys + exact number types: 2.0 and 2 must not compare equal here
     assert json.dumps(reencoded, sort_keys=True) == json.dumps(original, sort_keys=True)
-    assert original["version"] == fmt.FORMAT_VERSION
+    assert original["version"] == 1  # a single-host manifest is written as version 1
     assert manifest.extra == {}
 
 
@@ -166,10 +166,10 @@ def test_restore_by_hand_listing_refuses_a_newer_version(aws_env: None, tmp_path
         s3.create_bucket(Bucket=BUCKET)
         ckptsync.push(str(ckpts), f"s3://{BUCKET}/{PREFIX}")
         newer = json.loads(_block("example-manifest", "json"))
-        newer["version"] = fmt.FORMAT_VERSION + 1
+        newer["version"] = 2  # multi-host: the by-hand listing reads version 1 only
         key = fmt.manifest_key(PREFIX, newer["name"], newer["commit"])
         s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(newer).encode())
-        with pytest.raises(RuntimeError, match="format version 2"):
+        with pytest.raises(RuntimeError, match="format version 2 is newer"):
             restore_latest(BUCKET, PREFIX, str(tmp_path / "restored"), s3=s3)  # type: ignore[operator]
         assert not (tmp_path / "restored").exists()
 
