@@ -10,6 +10,7 @@ settling — and ``run`` exits with CMD's status (128+N for a signal N).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -62,7 +63,7 @@ class Supervisor:
         previous = {s: signal.signal(s, self._handle) for s in FORWARDED}
         try:
             try:
-                self.child = subprocess.Popen(self.cmd, start_new_session=True)
+                self.child = subprocess.Popen(self.cmd, start_new_session=True, preexec_fn=_die_with_parent)
             except OSError as exc:
                 self.daemon.drain(deadline=time.monotonic(), reason="command did not start")
                 self.daemon.wait()
@@ -108,6 +109,16 @@ class Supervisor:
 
         threading.Thread(target=reap, name="ckptsync-reaper", daemon=True).start()
         return stop
+
+
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: be killed if ``run`` dies (even by SIGKILL), never left writing unsynced."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class _StartError(Exception):

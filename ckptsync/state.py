@@ -23,7 +23,7 @@ STATUS_FILE = "status.json"
 
 
 def default_state_root() -> Path:
-    """``$CKPTSYNC_STATE_DIR``, else ``$XDG_STATE_HOME/ckptsync``, else ``~/.local/state/ckptsync``."""
+    """``$XDG_STATE_HOME/ckptsync``, else ``~/.local/state/ckptsync`` (``--state-dir`` overrides the whole path)."""
     xdg = os.environ.get("XDG_STATE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "state"
     return base / "ckptsync"

@@ -39,7 +39,7 @@ SECRET_KEY = "ckptsynctestsecretkey0123456789"
 REGION = "us-east-1"
 
 START_DEADLINE_S = 60.0
-STOP_GRACE_S = 3.0
+STOP_GRACE_S = 0.5
 _PORT_ATTEMPTS = 3  # a randomly picked port can be taken by someone else before the server binds it
 
 StopFn = Callable[[], None]

@@ -9,6 +9,7 @@ whether it may heal.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -102,7 +103,7 @@ class S3Store:
             frozen = creds.get_frozen_credentials()
             for secret in (frozen.access_key, frozen.secret_key, frozen.token):
                 register_secret(secret)
-        region = o.region or session.region_name or "us-east-1"
+        region = o.region or session.region_name or os.environ.get("AWS_REGION") or "us-east-1"
         config = Config(
             region_name=region,
             retries={"mode": "standard", "total_max_attempts": 1},
