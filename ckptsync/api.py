@@ -18,7 +18,7 @@ from .repository import ManifestRecord, Repository
 from .restore import RestoreResult, Selector
 from .restore import restore as _restore
 from .store import StoreWrapper, open_remote, parse_remote
-from .upload import ChunkIndex, Uploader, UploadResult, describe
+from .upload import Uploader, UploadResult, describe
 from .verify import CheckpointReport
 from .verify import verify as _verify
 
@@ -81,7 +81,6 @@ def _push(
     progress: Callable[[LocalCheckpoint], Callable[[int], None] | None] | None,
 ) -> PushReport:
     report = PushReport()
-    index = ChunkIndex(repo.list_chunks().values())
     ckpts = scan_folder(folder)
     if not ckpts:
         log.info("no checkpoints in %s", folder)
@@ -93,7 +92,7 @@ def _push(
     for rec in repo.load_manifests(names=[c.name for c in ckpts]):
         committed[rec.name].append(rec.manifest)
     ckpts.sort(key=lambda c: (c.score.step is not None, c.score.step or -1, c.name), reverse=True)
-    with Uploader(repo, index, workers=opts.workers, max_memory=opts.max_memory, host=opts.host, hosts=opts.hosts) as up:
+    with Uploader(repo, workers=opts.workers, max_memory=opts.max_memory, host=opts.host, hosts=opts.hosts) as up:
         for ckpt in ckpts:
             result = up.upload(ckpt, committed[ckpt.name], progress=progress(ckpt) if progress else None)
             log.log(logging.WARNING if result.status == "changed" else logging.INFO, "%s", describe(result))

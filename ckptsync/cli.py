@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from datetime import timezone
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -129,6 +129,44 @@ def _hosts(text: str | None) -> tuple[str, ...]:
     if text is None:
         return sagemaker_hosts()
     return tuple(sorted({h.strip() for h in text.split(",") if h.strip()}))
+
+
+def _duration(text: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except (ValueError, KeyError):
+        raise click.BadParameter(f"{text!r} is not a duration (examples: 0, 90s, 30m, 2h)") from None
+    if value < 0:
+        raise click.BadParameter("must not be negative")
+    return timedelta(seconds=value)
+
+
+def retention_options(f: F) -> F:
+    """Retention rules, shared by ``prune``, ``watch`` and ``run``."""
+    opts = [
+        _opt("--keep-last", type=click.IntRange(1), help="Keep the N newest checkpoints."),
+        _opt("--keep-best", type=click.IntRange(1), help="Keep the K best checkpoints by --metric."),
+        _opt("--keep-every", type=click.IntRange(1), metavar="STEPS", help="Keep checkpoints whose step is a multiple of STEPS."),
+        _opt(
+            "--grace", type=_duration, default="2h", show_default=True, help="Never delete chunks younger than this (uploads in progress)."
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _retention(kw: dict[str, Any], metric: str | None, mode: str | None) -> Any:
+    from .policy import Retention
+
+    rules = Retention(
+        keep_last=kw.pop("keep_last"), keep_best=kw.pop("keep_best"), metric=metric, mode=mode, keep_every=kw.pop("keep_every")
+    )
+    if rules.active:
+        rules.check()
+    return rules
 
 
 def handle_errors(f: F) -> F:
@@ -432,6 +470,55 @@ def verify(name: str | None, deep: bool, as_json: bool, **kw: Any) -> None:
         )
 
 
+# ---------------------------------------------------------------- prune
+
+
+@main.command()
+@remote_options
+@retention_options
+@_opt("--metric", help="Metric for --keep-best (the best checkpoint by it is never deleted).")
+@_opt("--mode", type=click.Choice(["min", "max"]), help="Whether lower or higher --metric is better.")
+@_opt("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
+@_opt("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@common_options
+@handle_errors
+def prune(metric: str | None, mode: str | None, dry_run: bool, as_json: bool, **kw: Any) -> None:
+    """Delete committed checkpoints the retention rules do not keep, then unused chunks.
+
+    The newest checkpoint, and the best one by --metric, are always kept. Chunks
+    still referenced by a kept checkpoint, or younger than --grace, stay.
+    """
+    from .prune import prune as do_prune
+
+    grace = kw.pop("grace")
+    rules = _retention(kw, metric, mode)
+    if not rules.active:
+        _fail("no retention rule given", "pass --keep-last N, --keep-best K --metric NAME, or --keep-every STEPS", 2)
+    opts = _options(kw)
+    repo = api.open_repository(kw["remote"], opts)
+    try:
+        report = do_prune(repo, rules, grace=grace, dry_run=dry_run, host=opts.host or "")
+    finally:
+        repo.store.close()
+    if as_json:
+        click.echo(json.dumps(report.__dict__, indent=1))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for name in report.deleted:
+        click.echo(f"{verb}  {name}")
+    for name in report.kept:
+        click.echo(f"kept        {name}" if not dry_run else f"would keep  {name}")
+    log.info(
+        "%s %d manifest(s), %d chunk(s) (%s); %d unused chunk(s) kept within the grace period%s",
+        verb,
+        report.manifests_deleted,
+        report.chunks_deleted,
+        human_bytes(report.bytes_freed),
+        report.chunks_in_grace,
+        f"; chunk collection deferred: {report.collection_deferred}" if report.collection_deferred else "",
+    )
+
+
 # ---------------------------------------------------------------- mark
 
 
@@ -499,10 +586,12 @@ def watch_options(f: F) -> F:
     return f
 
 
-def _watch_options(kw: dict[str, Any]) -> Any:
+def _watch_options(kw: dict[str, Any], metric: str | None = None, mode: str | None = None) -> Any:
     from .daemon import WatchOptions
 
     return WatchOptions(
+        retention=_retention(kw, metric, mode),
+        grace=kw.pop("grace"),
         settle=kw.pop("settle"),
         drain_timeout=kw.pop("drain_timeout"),
         poll=kw.pop("poll"),
@@ -532,10 +621,13 @@ def _summarize(report: Any) -> None:
 
 @main.command()
 @watch_options
+@retention_options
+@_opt("--metric", help="Metric for --keep-best (and the best checkpoint, which retention never deletes).")
+@_opt("--mode", type=click.Choice(["min", "max"]), help="Whether lower or higher --metric is better.")
 @remote_options
 @common_options
 @handle_errors
-def watch(dir_: Path, state_dir: Path | None, **kw: Any) -> None:
+def watch(dir_: Path, state_dir: Path | None, metric: str | None, mode: str | None, **kw: Any) -> None:
     """Run beside a training job: upload every complete checkpoint as it appears.
 
     SIGTERM or SIGINT drains: complete checkpoints are committed, newest first,
@@ -543,7 +635,7 @@ def watch(dir_: Path, state_dir: Path | None, **kw: Any) -> None:
     """
     from .daemon import Daemon
 
-    opts, wopts = _options(kw), _watch_options(kw)
+    opts, wopts = _options(kw), _watch_options(kw, metric, mode)
     repo = api.open_repository(kw["remote"], opts)
     daemon = Daemon(dir_, repo, opts, wopts, state=_state_for(dir_, kw["remote"], state_dir))
 
@@ -579,6 +671,7 @@ def watch(dir_: Path, state_dir: Path | None, **kw: Any) -> None:
 @_opt("--metric", help="Metric for --restore best.")
 @_opt("--mode", type=click.Choice(["min", "max"]), help="Whether lower or higher --metric is better.")
 @watch_options
+@retention_options
 @remote_options
 @common_options
 @click.argument("cmd", nargs=-1, required=True, metavar="-- CMD [ARGS]...")
@@ -597,7 +690,7 @@ def run(cmd: tuple[str, ...], restore_: str, metric: str | None, mode: str | Non
     from .restore import restore as do_restore
     from .runner import StartError, Supervisor, flush_and_exit
 
-    opts, wopts = _options(kw), _watch_options(kw)
+    opts, wopts = _options(kw), _watch_options(kw, metric, mode)
     dir_.mkdir(parents=True, exist_ok=True)
     repo = api.open_repository(kw["remote"], opts)
     state = _state_for(dir_, kw["remote"], state_dir)

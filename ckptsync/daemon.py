@@ -34,10 +34,12 @@ from .config import Options
 from .errors import CkptsyncError, StoreError
 from .format import Manifest, format_time
 from .notify import sd_notify, watchdog_period
+from .policy import Retention
+from .prune import DEFAULT_GRACE, prune
 from .repository import Repository
 from .spot import DEFAULT_ENDPOINT, SpotNoticePoller
 from .state import State
-from .upload import ChunkIndex, Uploader, UploadResult, describe
+from .upload import ChunkIndex, Uploader, UploadResult, describe, human_bytes
 from .watcher import FolderWatcher
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ class WatchOptions:
     retry_max: float = 600.0
     tick: float = 1.0
     status_interval: float = 2.0
+    retention: Retention = field(default_factory=Retention)
+    grace: timedelta = DEFAULT_GRACE
 
 
 @dataclass
@@ -465,6 +469,25 @@ class Daemon:
                     self.on_commit(result)
                 except Exception:
                     log.exception("post-commit hook failed")
+            if result.status == "committed" and self.watch.retention.active:
+                self._apply_retention()
+
+    def _apply_retention(self) -> None:
+        try:
+            report = prune(self.repo, self.watch.retention, grace=self.watch.grace, host=self.options.host or "")
+        except CkptsyncError as exc:
+            log.warning("retention skipped this time: %s", exc.message)
+            return
+        with self._lock:
+            for name in set(report.deleted) - set(report.kept):
+                self._committed.pop(name, None)
+        if report.manifests_deleted or report.chunks_deleted:
+            log.info(
+                "retention: deleted %s; %d chunks (%s) collected",
+                ", ".join(report.deleted) or "no checkpoint",
+                report.chunks_deleted,
+                human_bytes(report.bytes_freed),
+            )
 
     def _failed(self, e: _Entry, message: str) -> None:
         now = self.clock()
@@ -483,7 +506,6 @@ class Daemon:
     # ------------------------------------------------------------ remote
 
     def _open_remote(self) -> None:
-        chunks = self.repo.list_chunks()
         committed: dict[str, list[Manifest]] = defaultdict(list)
         for rec in self.repo.load_manifests():
             committed[rec.name].append(rec.manifest)
@@ -494,7 +516,7 @@ class Daemon:
         except StoreError as exc:
             log.debug("cleanup skipped: %s", exc.message)
         with self._lock:
-            self._index = ChunkIndex(chunks.values())
+            self._index = ChunkIndex()
             self._committed = committed
             self._uploader = Uploader(
                 self.repo,
@@ -505,7 +527,7 @@ class Daemon:
                 hosts=self.options.hosts,
             )
             self._remote_error = None
-        log.info("remote %s: %d committed checkpoints, %d chunks", self.repo.url, sum(map(len, committed.values())), len(chunks))
+        log.info("remote %s: %d committed checkpoints", self.repo.url, sum(map(len, committed.values())))
 
     def _remote_failed(self, exc: StoreError) -> None:
         with self._lock:

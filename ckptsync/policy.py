@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from .errors import UsageError
@@ -65,3 +66,51 @@ def by_best(records: Sequence[T], metric: str, mode: str) -> list[T]:
 
 def metric_names(records: Sequence[HasManifest]) -> list[str]:
     return sorted({k for r in records for k, v in r.manifest.metrics.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Which committed checkpoints to keep: the union of every rule given.
+
+    The newest checkpoint, and the best one when a metric is configured, are
+    always kept, whatever the rules say.
+    """
+
+    keep_last: int | None = None
+    keep_best: int | None = None
+    metric: str | None = None
+    mode: str | None = None
+    keep_every: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.keep_last, self.keep_best, self.keep_every))
+
+    def check(self) -> None:
+        for name, v in (("--keep-last", self.keep_last), ("--keep-best", self.keep_best), ("--keep-every", self.keep_every)):
+            if v is not None and v < 1:
+                raise UsageError(f"{name} must be at least 1")
+        if self.keep_best is not None and not self.metric:
+            raise UsageError("--keep-best needs --metric", "for example --keep-best 2 --metric eval_loss")
+        if self.metric:
+            infer_mode(self.metric, self.mode)
+
+
+def retain(records: Sequence[T], rules: Retention) -> list[bool]:
+    """For each record, whether the rules keep it (pure). Without any rule, everything is kept."""
+    if not rules.active:
+        return [True] * len(records)
+    rules.check()
+    keep: set[int] = set()
+    order = by_latest(records)
+    index = {id(r): i for i, r in enumerate(records)}
+    if order:
+        keep.add(index[id(order[0])])  # the newest is never deleted
+    if rules.keep_last:
+        keep.update(index[id(r)] for r in order[: rules.keep_last])
+    if rules.metric:
+        best = by_best(records, rules.metric, infer_mode(rules.metric, rules.mode))
+        keep.update(index[id(r)] for r in best[: max(1, rules.keep_best or 0)])
+    if rules.keep_every:
+        keep.update(i for i, r in enumerate(records) if r.manifest.step is not None and r.manifest.step % rules.keep_every == 0)
+    return [i in keep for i in range(len(records))]

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from . import catalog, codec, policy
+from . import catalog, codec, locks, policy
 from . import format as fmt
-from .errors import IntegrityError, LocalError, NothingToRestore, UsageError
+from .errors import IntegrityError, LocalError, NothingToRestore, StoreError, UsageError
 from .repository import ManifestRecord, Repository
 from .upload import default_host
 
@@ -129,6 +129,39 @@ def restore(
     one is tried, unless ``strict``. Multi-host checkpoints are candidates only once
     every host committed; this ``host``'s files are restored (``all_hosts``: everyone's).
     """
+    lock = _shared_lock(repo, host or default_host())
+    try:
+        return _restore_locked(
+            repo, target_dir, sel, strict=strict, workers=workers, progress_factory=progress_factory, host=host, all_hosts=all_hosts
+        )
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _shared_lock(repo: Repository, host: str) -> locks.Lock | None:
+    """A shared lock, so no chunk collection deletes chunks under the restore.
+    A read-only remote (credentials without write access) is restored without one."""
+    try:
+        return locks.acquire_shared(repo.store, repo.prefix, host=host)[0]
+    except StoreError as exc:
+        if exc.transient:
+            raise
+        log.info("restoring without a lock (%s)", exc.message)
+        return None
+
+
+def _restore_locked(
+    repo: Repository,
+    target_dir: Path,
+    sel: Selector,
+    *,
+    strict: bool,
+    workers: int,
+    progress_factory: Callable[[ManifestRecord], Progress | None] | None,
+    host: str | None,
+    all_hosts: bool,
+) -> RestoreResult | None:
     records = repo.load_manifests(names=[sel.name] if sel.name is not None else None)
     checkpoints = catalog.group(records)
     for ck in checkpoints:

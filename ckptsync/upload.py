@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from . import __version__, codec
+from . import __version__, codec, locks
 from . import format as fmt
 from .checkpoint import LocalCheckpoint, LocalFile
 from .chunking import CHUNK_SIZE, chunk_spans
@@ -107,6 +107,11 @@ class ChunkIndex:
         if event is not None:
             event.set()
 
+    def reset(self, known: Iterable[StoredChunk]) -> None:
+        """Replace what is known to be stored (after a chunk collection on the remote)."""
+        with self._lock:
+            self._known = {c.hash: (c.codec, c.stored) for c in known}
+
     def forget(self, digests: Iterable[str]) -> None:
         with self._lock:
             for d in digests:
@@ -160,7 +165,7 @@ class Uploader:
     def __init__(
         self,
         repo: Repository,
-        index: ChunkIndex,
+        index: ChunkIndex | None = None,
         *,
         workers: int = 4,
         max_memory: int = 128 << 20,
@@ -170,7 +175,10 @@ class Uploader:
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         self.repo = repo
-        self.index = index
+        self.index = index or ChunkIndex()
+        # The index is (re)built from one listing whenever the remote's chunk
+        # collection generation differs from the one it was built under.
+        self._generation: str | None = "unlisted"
         self.host = host or default_host()
         # A one-host set is a single-host job: written as such (format version 1).
         self.hosts = tuple(sorted(set(hosts))) if len(set(hosts)) > 1 else ()
@@ -210,6 +218,33 @@ class Uploader:
         Setting ``cancel`` stops the upload between chunks; it then ends as
         ``cancelled`` and nothing is committed (chunks already stored stay).
         """
+        lock = self._lock_remote()
+        try:
+            return self._upload_locked(ckpt, committed, lock, progress=progress, cancel=cancel)
+        finally:
+            lock.release()
+
+    def _lock_remote(self) -> locks.Lock:
+        """Hold a shared lock (no chunk collection meanwhile) and make the index current."""
+        lock, view = locks.acquire_shared(self.repo.store, self.repo.prefix, host=self.host)
+        if view.generation != self._generation:
+            try:
+                self.index.reset(self.repo.list_chunks().values())
+            except BaseException:
+                lock.release()
+                raise
+            self._generation = view.generation
+        return lock
+
+    def _upload_locked(
+        self,
+        ckpt: LocalCheckpoint,
+        committed: Iterable[fmt.Manifest],
+        lock: locks.Lock,
+        *,
+        progress: Progress | None,
+        cancel: threading.Event | None,
+    ) -> UploadResult:
         started = time.monotonic()
         stats = UploadStats(files=len(ckpt.files))
         stop = cancel or threading.Event()
@@ -221,6 +256,11 @@ class Uploader:
             return UploadResult(ckpt.name, "vanished", str(exc) or "it was deleted during upload", stats=stats)
         except _Changed as exc:
             return UploadResult(ckpt.name, "changed", str(exc), stats=stats)
+        if not lock.fresh() and not self._still_stored(entries, lock):
+            # Paused so long (suspend, stalls) that our lock may have looked stale
+            # to a collector: some chunk we rely on is gone. Upload it all again later.
+            self._generation = "unlisted"
+            return UploadResult(ckpt.name, "changed", "chunks were collected while the upload was paused", stats=stats)
         stats.seconds = time.monotonic() - started
         change = ckpt.changed()
         if change is not None:
@@ -250,6 +290,13 @@ class Uploader:
         key = self.repo.commit(manifest)
         stats.seconds = time.monotonic() - started
         return UploadResult(ckpt.name, "committed", key=key, manifest=manifest, stats=stats)
+
+    def _still_stored(self, entries: list[fmt.FileEntry], lock: locks.Lock) -> bool:
+        view = lock.write_and_look()
+        if view.generation == self._generation:
+            return True
+        present = self.repo.list_chunks()
+        return all(c.hash in present for f in entries for c in f.chunks)
 
     def _store_files(
         self, ckpt: LocalCheckpoint, stats: UploadStats, progress: Progress | None, cancel: threading.Event

@@ -48,6 +48,8 @@ class LocalStore:
 
     def _write(self, key: str, data: bytes | memoryview, *, exclusive: bool) -> None:
         path = self._path(key)
+        if not self.root.is_dir():
+            raise StoreError(f"local store folder {self.root} does not exist", "create it first, or check the file:// URI", key=key)
         tmp = path.with_name(f"{_TMP_MARK}{path.name}.{secrets.token_hex(6)}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

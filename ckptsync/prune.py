@@ -1,0 +1,117 @@
+"""Retention: delete the manifests the rules do not keep, then the chunks nothing references.
+
+Manifests go first, so a checkpoint disappears whole before any of its data
+does. Chunks are collected only under an exclusive lock (see
+:mod:`ckptsync.locks`), only if no manifest references them after the lock
+was taken, and only if they are older than ``grace``: a chunk stored by an
+upload that has not committed yet is never deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from . import catalog, locks, policy
+from .repository import Repository
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRACE = timedelta(hours=2)
+
+
+@dataclass
+class PruneReport:
+    """What a prune deleted (or, with ``dry_run``, would delete)."""
+
+    kept: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    manifests_deleted: int = 0
+    chunks_deleted: int = 0
+    bytes_freed: int = 0
+    chunks_in_grace: int = 0
+    collection_deferred: str | None = None
+    dry_run: bool = False
+
+
+def prune(
+    repo: Repository,
+    rules: policy.Retention,
+    *,
+    grace: timedelta = DEFAULT_GRACE,
+    dry_run: bool = False,
+    collect: bool = True,
+    host: str = "",
+) -> PruneReport:
+    """Apply ``rules`` to the committed checkpoints of ``repo``."""
+    rules.check()
+    report = PruneReport(dry_run=dry_run)
+    checkpoints = catalog.group(repo.load_manifests())
+    complete = [c for c in checkpoints if c.complete]
+    keep_flags = policy.retain(complete, rules)
+    newest_complete = max((policy.latest_key(c.manifest) for c in complete), default=None)
+    doomed: list[catalog.Checkpoint] = [c for c, keep in zip(complete, keep_flags, strict=True) if not keep]
+    for c in checkpoints:
+        if not c.complete:
+            # A multi-host checkpoint still being committed stays; one that a newer
+            # complete checkpoint has superseded can never be chosen and goes.
+            if newest_complete is not None and policy.latest_key(c.manifest) < newest_complete:
+                doomed.append(c)
+    doomed_ids = {id(c) for c in doomed}
+    report.kept = [c.name for c in policy.by_latest(checkpoints) if id(c) not in doomed_ids]
+    report.deleted = [c.name for c in policy.by_latest(doomed)]
+    doomed_keys = {rec.key for c in doomed for rec in c.records}
+    for c in doomed:
+        for rec in c.records:
+            if not dry_run:
+                repo.delete_manifest(rec)
+            report.manifests_deleted += 1
+    if collect:
+        _collect(repo, grace, report, dry_run=dry_run, host=host, doomed_keys=doomed_keys)
+    return report
+
+
+def _collect(repo: Repository, grace: timedelta, report: PruneReport, *, dry_run: bool, host: str, doomed_keys: set[str]) -> None:
+    lock = locks.Lock(repo.store, repo.prefix, "exclusive", host=host)
+    view = lock.write_and_look()
+    try:
+        if view.shared or view.exclusive:
+            report.collection_deferred = f"{len(view.shared)} upload(s) or restore(s) and {len(view.exclusive)} other prune(s) in progress"
+            log.info("chunk collection deferred: %s; the next prune collects them", report.collection_deferred)
+            return
+        started = time.monotonic()
+        if not dry_run:
+            locks.write_generation(repo.store, repo.prefix)
+        # Read the manifests again under the lock: whatever was committed meanwhile counts.
+        referenced = {h for rec in repo.load_manifests() if rec.key not in doomed_keys for h in rec.manifest.chunk_refs()}
+        now = view.mine.modified  # the server's clock
+        victims = []
+        for (digest, codec_name), chunk in repo.list_chunk_objects().items():
+            if digest in referenced:
+                continue
+            if now is not None and chunk.modified is not None and chunk.modified > now - grace:
+                report.chunks_in_grace += 1
+                continue
+            victims.append((digest, codec_name, chunk.stored))
+        if dry_run:
+            report.chunks_deleted = len(victims)
+            report.bytes_freed = sum(v[2] for v in victims)
+            return
+        limit = locks.STALE.total_seconds() / 2  # past this, others could take our lock for stale
+
+        def delete(v: tuple[str, str, int]) -> int:
+            if time.monotonic() - started > limit:
+                return 0
+            repo.store.delete(repo.chunk_key(v[0], v[1]))
+            return v[2]
+
+        with ThreadPoolExecutor(max_workers=repo.workers, thread_name_prefix="ckptsync-prune") as pool:
+            for freed in pool.map(delete, victims):
+                if freed:
+                    report.chunks_deleted += 1
+                    report.bytes_freed += freed
+    finally:
+        lock.release()
