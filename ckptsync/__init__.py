@@ -17,6 +17,7 @@ from .errors import CkptsyncError, IntegrityError, NothingToRestore, StoreError,
 from .marker import mark  # noqa: E402
 from .restore import RestoreResult  # noqa: E402
 from .store import RetryPolicy, S3Options  # noqa: E402
+from .syncer import Syncer  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -25,6 +26,7 @@ __all__ = [
     "list_checkpoints",
     "verify",
     "mark",
+    "Syncer",
     "open_repository",
     "Options",
     "S3Options",
