@@ -46,9 +46,11 @@ def _opt(*decls: str, **kw: Any) -> Callable[[F], F]:
     return click.option(*decls, **kw)
 
 
-def _size(text: str) -> int:
+def _size(text: str | int) -> int:
+    if isinstance(text, int) and not isinstance(text, bool):
+        text = str(text)
     units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    t = str(text).strip().lower().removesuffix("ib").removesuffix("b")
     num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
     try:
         value = int(float(num) * units[unit])
@@ -59,8 +61,38 @@ def _size(text: str) -> int:
     return value
 
 
+def _load_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    """Eager: install the config file and SageMaker layers as defaults before other options parse."""
+    from . import settings
+
+    known = {p.name for c in main.commands.values() for p in c.params if p.name}
+    layers: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, (val, var) in settings.sagemaker_defaults().items():
+        layers[name], sources[name] = val, f"SageMaker {var}"
+    if value is not None:
+        try:
+            from_file = settings.read_config(Path(value), ctx.info_name or "", known)
+        except CkptsyncError as exc:
+            raise click.BadParameter(exc.message, ctx=ctx, param=param) from None
+        for name, val in from_file.items():
+            layers[name], sources[name] = val, f"config file {value}"
+    ctx.default_map = {**(ctx.default_map or {}), **layers}
+    ctx.meta["ckptsync.sources"] = sources
+
+
 def common_options(f: F) -> F:
-    """Logging options, on every command."""
+    """Logging and config-file options, on every command."""
+    f = click.option(
+        "--config",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="CKPTSYNC_CONFIG",
+        show_envvar=True,
+        is_eager=True,
+        expose_value=False,
+        callback=_load_config,
+        help="TOML file of option values (below flags and CKPTSYNC_* variables).",
+    )(f)
     f = _opt(
         "--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False), default="info", help="Log verbosity."
     )(f)
@@ -71,7 +103,7 @@ def common_options(f: F) -> F:
 def remote_options(f: F) -> F:
     """The remote and how to reach it."""
     opts = [
-        _opt("--remote", required=True, metavar="URI", help="s3://bucket/prefix or file:///abs/path."),
+        _opt("--remote", metavar="URI", help="s3://bucket/prefix or file:///abs/path (required)."),
         _opt("--endpoint-url", metavar="URL", help="S3-compatible endpoint (SeaweedFS, MinIO, rclone serve s3, ...)."),
         _opt("--region", help="AWS region (default: from the AWS config, else us-east-1)."),
         _opt("--profile", help="AWS profile name."),
@@ -102,6 +134,10 @@ def remote_options(f: F) -> F:
 
 
 def _options(kw: dict[str, Any]) -> Options:
+    if not kw.get("remote"):
+        from .errors import UsageError
+
+        raise UsageError("no remote given", "pass --remote s3://bucket/prefix (or set CKPTSYNC_REMOTE, or remote in the config file)")
     s3 = S3Options(
         endpoint_url=kw.pop("endpoint_url"),
         region=kw.pop("region"),
@@ -131,9 +167,11 @@ def _hosts(text: str | None) -> tuple[str, ...]:
     return tuple(sorted({h.strip() for h in text.split(",") if h.strip()}))
 
 
-def _duration(text: str) -> timedelta:
+def _duration(text: str | float | timedelta) -> timedelta:
+    if isinstance(text, timedelta):
+        return text
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    t = text.strip().lower()
+    t = str(text).strip().lower()
     try:
         value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
     except (ValueError, KeyError):
@@ -174,11 +212,7 @@ def handle_errors(f: F) -> F:
 
     @functools.wraps(f)
     def wrapper(**kw: Any) -> Any:
-        level = kw.pop("log_level", "info")
-        ctx = click.get_current_context(silent=True)
-        if ctx is not None and ctx.get_parameter_source("log_level") == click.core.ParameterSource.DEFAULT:
-            level = logs.sagemaker_level(os.environ.get("SM_LOG_LEVEL")) or level
-        logs.setup(level, kw.pop("log_format", "text"))
+        logs.setup(kw.pop("log_level", "info"), kw.pop("log_format", "text"))
         try:
             return f(**kw)
         except CkptsyncError as exc:
@@ -610,6 +644,23 @@ def _state_for(dir_: Path, remote: str, state_dir: Path | None) -> Any:
 
 
 def _summarize(report: Any) -> None:
+    """Log the daemon's report, and write it into SM_OUTPUT_DATA_DIR (SageMaker keeps that folder)."""
+    out = os.environ.get("SM_OUTPUT_DATA_DIR")
+    if out:
+        from .state import write_json_atomic
+
+        doc = {
+            "checkpoints_committed": report.committed,
+            "bytes_uploaded": report.bytes_uploaded,
+            "bytes_raw": report.bytes_raw,
+            "seconds": round(report.seconds, 3),
+            "failures": report.failures,
+            "not_synced": [{"name": n, "reason": r} for n, r in report.unsynced],
+        }
+        try:
+            write_json_atomic(Path(out) / "ckptsync-report.json", doc)
+        except OSError as exc:
+            log.warning("could not write the sync report into %s: %s", out, exc.strerror)
     log.info(
         "synced %d checkpoint(s), %s uploaded, %d failed attempt(s); %d not synced",
         len(report.committed),
@@ -772,6 +823,131 @@ def _alive(pid: object) -> bool:
         return False
     except PermissionError:
         return True
+
+
+# ---------------------------------------------------------------- config / export
+
+
+@main.command("config")
+@watch_options
+@retention_options
+@_opt("--restore", "restore_", type=click.Choice(["latest", "best", "none"]), default="latest", help="As for 'run'.")
+@_opt("--metric", help="As for 'restore', 'prune', 'watch' and 'run'.")
+@_opt("--mode", type=click.Choice(["min", "max"]), help="As for --metric.")
+@remote_options
+@_opt("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@common_options
+@handle_errors
+def config_(as_json: bool, **kw: Any) -> None:
+    """Print the effective configuration and where each value comes from.
+
+    Precedence: flags > CKPTSYNC_* environment > config file (--config or
+    CKPTSYNC_CONFIG) > SageMaker environment (SM_*) > defaults.
+    """
+    ctx = click.get_current_context()
+    sources = ctx.meta.get("ckptsync.sources", {})
+    rows = []
+    for param in ctx.command.params:
+        name = param.name
+        if name is None or name in ("as_json", "config"):
+            continue
+        src = ctx.get_parameter_source(name)
+        value = ctx.params.get(name, kw.get(name))
+        if src == click.core.ParameterSource.COMMANDLINE:
+            origin = "flag"
+        elif src == click.core.ParameterSource.ENVIRONMENT:
+            origin = f"env {getattr(param, 'envvar', '') or ''}".strip()
+        elif src == click.core.ParameterSource.DEFAULT_MAP:
+            origin = sources.get(name, "config")
+        else:
+            origin = "default"
+        if name == "workers" and value is None:
+            value = default_workers()
+        rows.append((_display_name(param), _display_value(value), origin))
+    rows.append(("aws credentials", *_credentials_summary()))
+    if as_json:
+        click.echo(json.dumps({n: {"value": v, "source": o} for n, v, o in rows}, indent=1, default=str))
+        return
+    width = max(len(r[0]) for r in rows)
+    vwidth = min(50, max(len(r[1]) for r in rows))
+    for n, v, o in rows:
+        click.echo(f"{n.ljust(width)}  {v.ljust(vwidth)}  ({o})")
+
+
+def _display_name(param: click.Parameter) -> str:
+    opts = getattr(param, "opts", None) or [param.name or ""]
+    return max(opts, key=len).lstrip("-")
+
+
+def _display_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds():g}s"
+    return str(value)
+
+
+def _credentials_summary() -> tuple[str, str]:
+    """Which AWS credentials boto3 would use, the key id masked; never the secret."""
+    try:
+        import boto3
+
+        creds = boto3.session.Session(profile_name=os.environ.get("CKPTSYNC_PROFILE") or None).get_credentials()
+    except Exception as exc:  # profile not found, malformed config: say so, don't fail
+        return "-", f"unavailable: {type(exc).__name__}"
+    if creds is None:
+        return "-", "none found"
+    key = creds.access_key or ""
+    return (key[:4] + "****" if key else "****"), f"boto3 {getattr(creds, 'method', 'chain')}"
+
+
+@main.command()
+@remote_options
+@click.option("--latest", "how", flag_value="latest", default=True, help="The highest step (default).")
+@click.option("--best", "how", flag_value="best", help="The best by --metric.")
+@_opt("--metric", help="Metric for --best.")
+@_opt("--mode", type=click.Choice(["min", "max"]), help="Whether lower or higher --metric is better.")
+@_opt("--name", help="This checkpoint.")
+@_opt(
+    "--to",
+    "to",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=lambda: os.environ.get("SM_MODEL_DIR"),
+    help="Folder to place the files in (default: SM_MODEL_DIR).",
+)
+@_opt("--all-hosts", is_flag=True, help="For a multi-host checkpoint, every host's files.")
+@common_options
+@handle_errors
+def export(how: str, metric: str | None, mode: str | None, name: str | None, to: Path | None, all_hosts: bool, **kw: Any) -> None:
+    """Place one checkpoint's files directly into --to (e.g. /opt/ml/model, SageMaker's model artefact).
+
+    Unlike restore, the files land in --to itself, not in --to/<name>; existing
+    files of the same names are replaced, others are left alone.
+    """
+    import shutil
+    import tempfile
+
+    if to is None:
+        _fail("no destination", "pass --to DIR (or run where SM_MODEL_DIR is set)", 2)
+        return
+    opts = _options(kw)
+    to.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".ckptsync-export-", dir=to) as tmp:
+        result = api.restore(kw["remote"], tmp, how, metric, mode, name=name, strict=False, all_hosts=all_hosts, options=opts)
+        if result is None:
+            _fail(f"nothing committed in {kw['remote']}", "nothing to export", EXIT_NOTHING)
+            return
+        src = Path(tmp) / result.name
+        moved = []
+        items = [src] if src.is_file() else sorted(src.iterdir())
+        for item in items:
+            dest = to / item.name
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            os.replace(item, dest)
+            moved.append(dest.name)
+    log.info("exported %s (step %s) into %s: %s", result.name, result.manifest.step, to, ", ".join(moved))
+    click.echo(str(to))
 
 
 if __name__ == "__main__":  # pragma: no cover
