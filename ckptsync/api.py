@@ -33,7 +33,7 @@ def open_repository(remote: str, options: Options | None = None, *, wrap: StoreW
     opts = options or Options()
     r = parse_remote(remote)
     s3 = replace(opts.s3, max_connections=max(opts.s3.max_connections, opts.workers + 4))
-    store = open_remote(r, s3, opts.retry, wrap)
+    store = open_remote(r, s3, opts.retry, wrap, bwlimit=opts.bwlimit)
     return Repository(store, r.prefix, workers=opts.workers)
 
 

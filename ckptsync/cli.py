@@ -123,7 +123,15 @@ def remote_options(f: F) -> F:
             default=None,
             help=f"Parallel transfers (default: 2 x CPUs, 4..16; here {default_workers()}).",
         ),
-        _opt("--max-memory", type=_size, default="256M", help="Bound on chunk bytes held in memory."),
+        _opt("--max-memory", type=_size, default="128M", help="Bound on chunk bytes held in memory."),
+        _opt("--bwlimit", type=_size, default=None, metavar="BYTES/S", help="Limit transfers to this many bytes per second (e.g. 50M)."),
+        _opt(
+            "--nice",
+            type=click.IntRange(0, 19),
+            default=10,
+            show_default=True,
+            help="Lower ckptsync's CPU priority by this much (never the training command's).",
+        ),
         _opt("--retries", type=click.IntRange(1, 100), default=6, help="Attempts per storage request on transient errors."),
         _opt("--host", help="This host's name in manifests (default: SM_CURRENT_HOST or the hostname)."),
         _opt("--hosts", metavar="H1,H2,...", help="Every host of a multi-host job (default: SM_HOSTS); each commits its own part."),
@@ -156,6 +164,8 @@ def _options(kw: dict[str, Any]) -> Options:
         max_memory=kw.pop("max_memory"),
         host=kw.pop("host"),
         hosts=_hosts(kw.pop("hosts")),
+        bwlimit=kw.pop("bwlimit"),
+        nice=kw.pop("nice"),
     )
 
 
@@ -258,6 +268,9 @@ def push(dir_: Path, **kw: Any) -> None:
     committed, and the exit status is 1.
     """
     opts = _options(kw)
+    from .config import lower_priority
+
+    lower_priority(opts.nice)
     bars: list[ProgressBar] = []
 
     def progress(ckpt: Any) -> Callable[[int], None]:

@@ -23,6 +23,15 @@ def default_workers() -> int:
     return max(4, min(16, 2 * cpus))
 
 
+def lower_priority(nice: int) -> None:
+    """Add ``nice`` to the calling thread's niceness (Linux: per thread; inherited by threads it starts)."""
+    if nice > 0:
+        try:
+            os.nice(nice)
+        except OSError:
+            pass
+
+
 @dataclass(frozen=True)
 class Options:
     """Everything but the remote and the folder."""
@@ -30,10 +39,14 @@ class Options:
     s3: S3Options = field(default_factory=S3Options)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     workers: int = field(default_factory=default_workers)
-    max_memory: int = 256 << 20
+    max_memory: int = 128 << 20
     host: str | None = None
     #: Every host of a multi-host job (empty: this host alone).
     hosts: tuple[str, ...] = ()
+    #: Bytes per second for all transfers together (None: unlimited).
+    bwlimit: float | None = None
+    #: Niceness added to ckptsync's own threads (never to a ``run`` child).
+    nice: int = 0
 
 
 def sagemaker_hosts() -> tuple[str, ...]:

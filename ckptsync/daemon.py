@@ -30,7 +30,7 @@ from typing import Any
 
 from . import completion
 from .checkpoint import LocalCheckpoint, check_folder, list_entries, scan_entry
-from .config import Options
+from .config import Options, lower_priority
 from .errors import CkptsyncError, StoreError
 from .format import Manifest, format_time
 from .notify import sd_notify, watchdog_period
@@ -87,6 +87,14 @@ class _Entry:
     def rank(self) -> tuple[int, int, float]:
         step = self.ckpt.score.step if self.ckpt is not None else None
         return (1 if step is not None else 0, step if step is not None else -1, self.last_change)
+
+
+def _niced(target: Callable[[], None], nice: int) -> Callable[[], None]:
+    def run() -> None:
+        lower_priority(nice)
+        target()
+
+    return run
 
 
 @dataclass
@@ -172,7 +180,7 @@ class Daemon:
             self._spot = SpotNoticePoller(self._on_spot_notice, endpoint=self.watch.imds_endpoint, interval=self.watch.spot_interval)
             self._spot.start()
         for target, name in ((self._control_loop, "ckptsync-control"), (self._upload_loop, "ckptsync-uploader")):
-            t = threading.Thread(target=target, name=name, daemon=True)
+            t = threading.Thread(target=_niced(target, self.options.nice), name=name, daemon=True)
             t.start()
             self._threads.append(t)
         self._phase = "watching"
@@ -525,6 +533,7 @@ class Daemon:
                 max_memory=self.options.max_memory,
                 host=self.options.host,
                 hosts=self.options.hosts,
+                nice=self.options.nice,
             )
             self._remote_error = None
         log.info("remote %s: %d committed checkpoints", self.repo.url, sum(map(len, committed.values())))

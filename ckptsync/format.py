@@ -21,11 +21,13 @@ from urllib.parse import quote, unquote
 from .errors import FormatError, NewerFormatError
 
 FORMAT_NAME = "ckptsync.manifest"
-#: The newest version this code reads. Writers use version 1 unless a feature
-#: of a later version is needed (version 2: ``hosts``, multi-host checkpoints).
-FORMAT_VERSION = 2
+#: The newest version this code reads. Writers use the lowest version that can
+#: express a manifest (version 2: ``hosts``; version 3: byte-grouped codecs).
+FORMAT_VERSION = 3
 HASH_ALGORITHM = "sha256"
-CODECS = ("raw", "zstd")
+CODECS = ("raw", "zstd", "bg2", "bg4", "bg8")
+#: Codecs a manifest of each version may use (byte grouping needs version 3).
+CODECS_SINCE = {"raw": 1, "zstd": 1, "bg2": 3, "bg4": 3, "bg8": 3}
 
 CHUNKS_DIR = "chunks"
 MANIFESTS_DIR = "manifests"
@@ -92,7 +94,9 @@ class Manifest:
 
     @property
     def version(self) -> int:
-        return 2 if self.hosts else 1
+        """The lowest format version that can express this manifest."""
+        codecs = max((CODECS_SINCE[c.codec] for f in self.files for c in f.chunks), default=1)
+        return max(codecs, 2 if self.hosts else 1)
 
     @property
     def raw_bytes(self) -> int:
@@ -288,6 +292,11 @@ def _decode_v1(doc: dict[str, Any]) -> Manifest:
         raise FormatError(f"commit id {commit[:80]!r} is malformed")
     files_doc = _get(doc, "files", list)
     files = tuple(_decode_file(f) for f in files_doc)
+    version = doc.get("version", 1)
+    for f in files:
+        for c in f.chunks:
+            if CODECS_SINCE[c.codec] > version:
+                raise FormatError(f"{f.path}: codec {c.codec} needs format version {CODECS_SINCE[c.codec]}, the manifest says {version}")
     _check_file_set(name, kind, files)
     hosts: tuple[str, ...] = ()
     if doc.get("version", 1) >= 2 and "hosts" in doc:

@@ -28,7 +28,8 @@ from datetime import datetime, timezone
 from . import __version__, codec, locks
 from . import format as fmt
 from .checkpoint import LocalCheckpoint, LocalFile
-from .chunking import CHUNK_SIZE, chunk_spans
+from .chunking import CHUNK_SIZE, Span, fixed_plan, safetensors_header_length, safetensors_plan
+from .config import lower_priority
 from .errors import CkptsyncError, LocalError, UsageError
 from .repository import Repository, StoredChunk
 
@@ -171,6 +172,7 @@ class Uploader:
         max_memory: int = 128 << 20,
         host: str | None = None,
         hosts: tuple[str, ...] = (),
+        nice: int = 0,
         chunk_size: int = CHUNK_SIZE,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
@@ -191,7 +193,9 @@ class Uploader:
         self.clock = clock
         # Each chunk in flight holds its raw bytes and, briefly, its encoded copy.
         self.budget = ByteBudget(max(chunk_size, max_memory // 2))
-        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ckptsync-upload")
+        self.pool = ThreadPoolExecutor(
+            max_workers=max(1, workers), thread_name_prefix="ckptsync-upload", initializer=lower_priority, initargs=(nice,)
+        )
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -348,7 +352,8 @@ class Uploader:
         try:
             if os.fstat(fd).st_ino != f.signature[2]:
                 raise _Changed(f"{f.relpath} was replaced during upload")
-            for offset, length in chunk_spans(f.size, self.chunk_size):
+            for span in self._plan(fd, f):
+                offset, length = span.offset, span.length
                 if failed.is_set() or cancel.is_set():
                     break
                 self.budget.acquire(length)
@@ -361,7 +366,7 @@ class Uploader:
                     self.budget.release(length)
                     raise _Changed(f"{f.relpath} shrank during upload")
                 hasher.update(data)
-                fut = self.pool.submit(self._store_chunk, data, stats)
+                fut = self.pool.submit(self._store_chunk, data, span.width, stats)
                 fut.add_done_callback(functools.partial(self._chunk_done, n=length, failed=failed, progress=progress))
                 futures.append(fut)
         finally:
@@ -375,13 +380,23 @@ class Uploader:
         elif progress is not None:
             progress(n)
 
-    def _store_chunk(self, data: bytes, stats: UploadStats) -> fmt.ChunkRef:
+    def _plan(self, fd: int, f: LocalFile) -> list[Span]:
+        """Tensor-aligned spans for a safetensors file, fixed ones for anything else."""
+        if f.relpath.endswith(".safetensors") and self.chunk_size == CHUNK_SIZE:
+            n = safetensors_header_length(os.pread(fd, 8, 0), f.size)
+            if n is not None:
+                plan = safetensors_plan(os.pread(fd, n, 8), f.size)
+                if plan is not None:
+                    return plan
+        return fixed_plan(f.size, self.chunk_size)
+
+    def _store_chunk(self, data: bytes, width: int | None, stats: UploadStats) -> fmt.ChunkRef:
         digest = codec.sha256_hex(data)
         known = self.index.claim(digest)
         if known is not None:
             return fmt.ChunkRef(digest, len(data), known[1], known[0])
         try:
-            codec_name, stored = codec.encode(data)
+            codec_name, stored = codec.encode(data, width)
             self.repo.put_chunk(digest, codec_name, stored)
         except BaseException:
             self.index.release(digest)

@@ -13,6 +13,7 @@ from .base import ObjectInfo, Store
 from .local import LocalStore
 from .retrying import RetryingStore, RetryPolicy, is_transient
 from .s3 import S3Options, S3Store
+from .throttled import ThrottledStore
 
 __all__ = [
     "ObjectInfo",
@@ -75,8 +76,9 @@ def open_remote(
     s3: S3Options | None = None,
     retry: RetryPolicy | None = None,
     wrap: StoreWrapper | None = None,
+    bwlimit: float | None = None,
 ) -> Store:
-    """Build the store stack for a remote: backend, optional test layer, retries."""
+    """Build the store stack for a remote: backend, optional test layer, bandwidth limit, retries."""
     inner: Store
     if remote.scheme == "s3":
         inner = S3Store(remote.bucket, s3)
@@ -84,4 +86,6 @@ def open_remote(
         inner = LocalStore(Path(remote.bucket))
     if wrap is not None:
         inner = wrap(inner)
+    if bwlimit:
+        inner = ThrottledStore(inner, bwlimit)
     return RetryingStore(inner, retry)

@@ -90,3 +90,21 @@ def test_retry_after_lost_response_does_not_accept_different_content(local):
     store = RetryingStore(flaky, RetryPolicy(attempts=3), sleep=lambda s: None)
     with pytest.raises(AlreadyExists):
         store.put_if_absent("m/1.json", b"ours")
+
+
+def test_token_bucket_waits_for_the_bytes_over_the_rate():
+    from ckptsync.store.throttled import TokenBucket
+
+    now = [0.0]
+    waits = []
+
+    def sleep(s):
+        waits.append(s)
+        now[0] += s
+
+    bucket = TokenBucket(1000, clock=lambda: now[0], sleep=sleep)
+    bucket.take(1000)  # the first second's burst
+    bucket.take(500)
+    bucket.take(500)
+    assert waits == [0.5, 0.5]
+    assert now[0] == 1.0
