@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from . import catalog, codec, locks, policy
+from . import catalog, codec, crashpoints, locks, policy
 from . import format as fmt
 from .errors import IntegrityError, LocalError, NothingToRestore, StoreError, UsageError
 from .repository import ManifestRecord, Repository
@@ -237,6 +237,7 @@ def restore_checkpoint(
         built = staging / m.name
         _build(repo, m, built, local or {}, result, workers, progress)
         _fsync_dir(staging)
+        crashpoints.reached("before-rename")
         _place(built, final)
         _fsync_dir(target_dir)
     except BaseException as exc:
@@ -338,6 +339,7 @@ def _fetch_all(
                 raw = repo.get_chunk(ref)  # once more: the first read may have been damaged in transit
             for sink, offset in wanted[digest]:
                 _pwrite_all(sink.fd, raw, offset)
+            crashpoints.reached("restore-chunk")
             with lock:
                 result.bytes_downloaded += ref.stored
                 result.chunks_fetched += 1

@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from . import __version__, codec, locks
+from . import __version__, codec, crashpoints, locks
 from . import format as fmt
 from .checkpoint import LocalCheckpoint, LocalFile
 from .chunking import CHUNK_SIZE, Span, fixed_plan, safetensors_header_length, safetensors_plan
@@ -291,7 +291,9 @@ class Uploader:
             mine = other.hosts == self.hosts and (not self.hosts or other.host == self.host)
             if mine and other.name == manifest.name and other.content_key() == manifest.content_key():
                 return UploadResult(ckpt.name, "unchanged", "already committed", manifest=other, stats=stats)
+        crashpoints.reached("before-manifest")
         key = self.repo.commit(manifest)
+        crashpoints.reached("after-manifest")
         stats.seconds = time.monotonic() - started
         return UploadResult(ckpt.name, "committed", key=key, manifest=manifest, stats=stats)
 
@@ -402,6 +404,7 @@ class Uploader:
             self.index.release(digest)
             raise
         self.index.stored(digest, codec_name, len(stored))
+        crashpoints.reached("chunk-stored")
         with _stats_lock:
             stats.chunks_uploaded += 1
             stats.uploaded_bytes += len(stored)
