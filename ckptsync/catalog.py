@@ -61,6 +61,12 @@ class Checkpoint:
         """Every host's files in one manifest (for --all-hosts); UsageError on conflicting paths."""
         if not self.hosts:
             return self.newest
+        if self.newest.manifest.kind == "file":
+            if len({(r.manifest.files[0].hash, r.manifest.files[0].size) for r in self.members.values()}) > 1:
+                raise UsageError(
+                    f"hosts of checkpoint {self.name} wrote different contents to it", "restore one host's file (without --all-hosts)"
+                )
+            return self.newest
         files: dict[str, FileEntry] = {}
         for host in self.hosts:
             for f in self.members[host].manifest.files:
@@ -71,6 +77,14 @@ class Checkpoint:
                         "restore one host's files (without --all-hosts)",
                     )
                 files[f.path] = f
+        paths = set(files)
+        for p in paths:
+            parts = p.split("/")
+            if any("/".join(parts[:i]) in paths for i in range(1, len(parts))):
+                raise UsageError(
+                    f"hosts of checkpoint {self.name} disagree on whether {p.rsplit('/', 1)[0]} is a file or a folder",
+                    "restore one host's files (without --all-hosts)",
+                )
         base = self.newest
         m = base.manifest
         merged = Manifest(

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from . import format as fmt
-from .errors import StoreError
+from .errors import NotFound, StoreError
 from .store import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
@@ -64,12 +64,22 @@ class Lock:
         self.key = fmt.join_key(prefix, LOCKS_DIR, f"{stamp}-{secrets.token_hex(8)}.{kind}.json")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.last_write = 0.0
+        self._write_lock = threading.Lock()
+        self.last_write: float | None = None
+        #: The longest time between two writes of this lock (wall and boot clocks, so
+        #: a suspended machine counts too): past STALE/2, others may have thought it dead.
+        self.max_gap = 0.0
 
     def _write(self) -> None:
         body = json.dumps({"kind": self.kind, "host": self.host, "pid": os.getpid(), "time": fmt.format_time(datetime.now(timezone.utc))})
-        self.store.put(self.key, body.encode())
-        self.last_write = time.monotonic()
+        with self._write_lock:
+            if self._stop.is_set() and self.last_write is not None:
+                return  # released: never recreate the object
+            before = _elapsed_clock()
+            self.store.put(self.key, body.encode())
+            if self.last_write is not None:
+                self.max_gap = max(self.max_gap, before - self.last_write)
+            self.last_write = _elapsed_clock()
 
     def write_and_look(self) -> LockView:
         """Write (or rewrite) this lock, then list every lock."""
@@ -88,17 +98,29 @@ class Lock:
         self._thread.start()
 
     def fresh(self, margin: float = 0.5) -> bool:
-        """True if the lock was rewritten recently enough that nobody considers it stale."""
-        return time.monotonic() - self.last_write < STALE.total_seconds() * margin
+        """True if the lock never went unwritten long enough that anyone could take it for stale."""
+        limit = STALE.total_seconds() * margin
+        now = _elapsed_clock()
+        return self.last_write is not None and self.max_gap < limit and now - self.last_write < limit
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=60)
+        with self._write_lock:  # a refresh in flight finishes before the delete
+            pass
         try:
             self.store.delete(self.key)
         except StoreError as exc:
             log.warning("could not remove lock %s (it goes stale by itself): %s", self.key, exc.message)
+
+
+def _elapsed_clock() -> float:
+    """Seconds on a clock that keeps counting while the machine is suspended."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):
+        return time.time()
 
 
 def look(store: Store, prefix: str, mine_key: str) -> LockView:
@@ -112,7 +134,10 @@ def look(store: Store, prefix: str, mine_key: str) -> LockView:
     for o in objs:
         name = o.key.rsplit("/", 1)[-1]
         if name == GENERATION:
-            generation = f"{o.modified.isoformat() if o.modified else ''}/{o.size}"
+            try:  # the body is random per collection: times can tie, bodies cannot
+                generation = store.get(o.key, max_size=1024).decode("ascii", "replace")
+            except NotFound:
+                generation = None
             continue
         if o.key == mine_key:
             continue
@@ -135,11 +160,25 @@ def acquire_shared(
 ) -> tuple[Lock, LockView]:
     """Hold a shared lock, waiting (up to ``wait`` s) while a chunk collection runs."""
     lock = Lock(store, prefix, "shared", host=host)
+    try:
+        view = wait_for_collection(lock, wait=wait, sleep=sleep)
+    except BaseException:
+        lock.release()
+        raise
+    lock.start_refreshing()
+    return lock, view
+
+
+def wait_for_collection(lock: Lock, *, wait: float = 300.0, sleep: Callable[[float], None] = time.sleep) -> LockView:
+    """(Re)write ``lock`` and look until no live exclusive lock remains; StoreError after ``wait`` s.
+
+    The lock is rewritten on every look, so a waiting holder never looks stale itself,
+    and a dead collector's lock, no longer rewritten, goes stale and stops counting.
+    """
     deadline = time.monotonic() + wait
     view = lock.write_and_look()
     while view.exclusive:
         if time.monotonic() >= deadline:
-            lock.release()
             raise StoreError(
                 "the remote's unused chunks are being deleted by 'ckptsync prune' and it has not finished",
                 "wait for it, or remove a stale lock under <remote>/locks/ if its process is gone",
@@ -147,9 +186,8 @@ def acquire_shared(
             )
         log.info("waiting for a chunk collection on the remote to finish")
         sleep(1.0)
-        view = look(store, prefix, lock.key)
-    lock.start_refreshing()
-    return lock, view
+        view = lock.write_and_look()
+    return view
 
 
 def write_generation(store: Store, prefix: str) -> None:

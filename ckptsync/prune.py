@@ -76,8 +76,8 @@ def prune(
 
 def _collect(repo: Repository, grace: timedelta, report: PruneReport, *, dry_run: bool, host: str, doomed_keys: set[str]) -> None:
     lock = locks.Lock(repo.store, repo.prefix, "exclusive", host=host)
-    view = lock.write_and_look()
     try:
+        view = lock.write_and_look()
         if view.shared or view.exclusive:
             report.collection_deferred = f"{len(view.shared)} upload(s) or restore(s) and {len(view.exclusive)} other prune(s) in progress"
             log.info("chunk collection deferred: %s; the next prune collects them", report.collection_deferred)
@@ -92,7 +92,7 @@ def _collect(repo: Repository, grace: timedelta, report: PruneReport, *, dry_run
         for (digest, codec_name), chunk in repo.list_chunk_objects().items():
             if digest in referenced:
                 continue
-            if now is not None and chunk.modified is not None and chunk.modified > now - grace:
+            if now is None or chunk.modified is None or chunk.modified > now - grace:
                 report.chunks_in_grace += 1
                 continue
             victims.append((digest, codec_name, chunk.stored))

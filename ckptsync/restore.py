@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -231,7 +232,8 @@ def restore_checkpoint(
         result.seconds = time.monotonic() - started
         return result
     _remove_dead_staging(target_dir)
-    staging = target_dir / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+    staging = target_dir / f"{STAGING_PREFIX}{os.getpid()}-{_host_slug()}-{secrets.token_hex(6)}"
+    _active_staging.add(staging.name)
     try:
         os.mkdir(staging, 0o700)
         built = staging / m.name
@@ -242,12 +244,14 @@ def restore_checkpoint(
         _fsync_dir(target_dir)
     except BaseException as exc:
         _remove_tree(staging)
+        _active_staging.discard(staging.name)
         if created_dir:
             _remove_tree(target_dir)
         if isinstance(exc, OSError):
             raise _local_error(exc, final) from None
         raise
     _remove_tree(staging)
+    _active_staging.discard(staging.name)
     result.seconds = time.monotonic() - started
     return result
 
@@ -549,18 +553,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_active_staging: set[str] = set()
+
+
+def _host_slug() -> str:
+    return "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname())[:63] or "host"
+
+
 def _remove_dead_staging(target_dir: Path) -> None:
-    """Remove staging folders of restores that were killed (their process is gone)."""
+    """Remove staging folders of restores that were killed: made on this host, by a process now gone."""
     for entry in os.listdir(target_dir):
-        if not entry.startswith(STAGING_PREFIX):
+        if not entry.startswith(STAGING_PREFIX) or entry in _active_staging:
             continue
-        pid_text = entry[len(STAGING_PREFIX) :].split("-", 1)[0]
+        fields = entry[len(STAGING_PREFIX) :].split("-")
+        if len(fields) >= 3 and fields[1] != _host_slug():
+            continue  # another machine's restore into a shared folder: not ours to judge
         try:
-            pid = int(pid_text)
+            pid = int(fields[0])
             os.kill(pid, 0)
             if pid != os.getpid():
                 continue  # a live restore (or a reused pid): leave it
-        except (ValueError, ProcessLookupError):
+        except (ValueError, OverflowError, ProcessLookupError):
             pass
         except PermissionError:
             continue

@@ -298,7 +298,9 @@ class Uploader:
         return UploadResult(ckpt.name, "committed", key=key, manifest=manifest, stats=stats)
 
     def _still_stored(self, entries: list[fmt.FileEntry], lock: locks.Lock) -> bool:
-        view = lock.write_and_look()
+        """After a long pause: let a running collection finish, then check our chunks survived it."""
+        view = locks.wait_for_collection(lock)
+        lock.max_gap = 0.0  # the lock is current again; later pauses are measured afresh
         if view.generation == self._generation:
             return True
         present = self.repo.list_chunks()

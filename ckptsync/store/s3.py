@@ -214,7 +214,9 @@ class S3Store:
             for page in pages:
                 for up in page.get("Uploads", ()):
                     initiated = up.get("Initiated")
-                    if initiated is not None and initiated < limit:
+                    rest = up["Key"][len(prefix) :].lstrip("/")
+                    ours = rest.startswith(("chunks/", "manifests/", "locks/"))
+                    if ours and initiated is not None and initiated < limit:
                         self._client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"], **self._common())
                         aborted += 1
         except Exception as exc:
