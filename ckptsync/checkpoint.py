@@ -43,6 +43,8 @@ class LocalCheckpoint:
     kind: str  # "dir" or "file"
     files: tuple[LocalFile, ...]
     score: metrics.Score
+    #: For a single-file checkpoint, the signature of its sidecar marker (step and metrics).
+    marker: Signature | None = None
 
     @property
     def size(self) -> int:
@@ -119,7 +121,16 @@ def scan_entry(path: Path, *, score: bool = True) -> LocalCheckpoint:
     else:
         raise FileNotFoundError(path)  # sockets, fifos, devices: not a checkpoint
     sc = read_score(path, kind) if score else metrics.Score()
-    return LocalCheckpoint(name=name, path=path, kind=kind, files=files, score=sc)
+    marker = None
+    if kind == "file":
+        m = sidecar_marker(path)
+        if m is not None:
+            try:
+                ms = os.stat(m)
+                marker = (ms.st_size, ms.st_mtime_ns, ms.st_ino)
+            except OSError:
+                pass
+    return LocalCheckpoint(name=name, path=path, kind=kind, files=files, score=sc, marker=marker)
 
 
 def _walk(root: Path) -> list[LocalFile]:
@@ -146,6 +157,19 @@ def _local_file(rel: str, path: Path, st: os.stat_result) -> LocalFile:
     return LocalFile(rel, path, st.st_size, stat.S_IMODE(st.st_mode), (st.st_size, st.st_mtime_ns, st.st_ino))
 
 
+def sidecar_marker(path: Path) -> Path | None:
+    """The sidecar marker of a single-file checkpoint, if it exists and is not older than the file.
+
+    A marker older than its file belongs to a previous save of that name: trusting
+    it would record the previous step and metrics for new content.
+    """
+    marker = path.with_name(path.name + "." + metrics.MARKER_FILE)
+    try:
+        return marker if os.stat(marker).st_mtime_ns >= os.stat(path).st_mtime_ns else None
+    except OSError:
+        return None
+
+
 def read_score(path: Path, kind: str) -> metrics.Score:
     """Step and metrics of a checkpoint, first match wins (see :mod:`ckptsync.metrics`).
 
@@ -157,7 +181,8 @@ def read_score(path: Path, kind: str) -> metrics.Score:
     if kind == "dir":
         sources = ((path / metrics.MARKER_FILE, metrics.from_marker), (path / metrics.HF_STATE_FILE, metrics.from_trainer_state))
     else:
-        sources = ((path.with_name(path.name + "." + metrics.MARKER_FILE), metrics.from_marker),)
+        marker = sidecar_marker(path)
+        sources = ((marker, metrics.from_marker),) if marker is not None else ()
     for file, parse in sources:
         doc = _read_json(file)
         sc = parse(doc) if doc is not None else None

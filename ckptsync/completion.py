@@ -7,6 +7,7 @@ checkpoint, named by its entry name, unless its name marks it as temporary.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -59,6 +60,11 @@ HF_FILES = frozenset(
         "adapter_model.safetensors",
     }
 )
+# Written first by Hugging Face Trainer: in a checkpoint-N folder they announce the rest.
+HF_CONFIG_FILES = frozenset({"config.json", "generation_config.json"})
+_HF_NAME = re.compile(r"checkpoint-\d+\Z")
+_HF_WEIGHTS = re.compile(r"(model|pytorch_model|adapter_model|tf_model|flax_model)([-.].*)?\.(safetensors|bin|h5|msgpack|pt|pth|json)\Z")
+
 # Names of files still being written, inside a checkpoint folder.
 INNER_TEMPORARY = (".tmp*", "*.tmp", "*.partial", ".ckptsync-tmp-*", ".ckptsync-marker-*", "*.orbax-checkpoint-tmp*")
 
@@ -75,11 +81,14 @@ class Readiness:
     signal: str | None = None
 
 
-def assess(kind: str, relpaths: Iterable[str], *, require_marker: bool = False, marker_present: bool = False) -> Readiness:
+def assess(
+    kind: str, relpaths: Iterable[str], *, require_marker: bool = False, marker_present: bool = False, name: str = ""
+) -> Readiness:
     """Decide from an entry's file list whether its completion signals permit a commit.
 
     - a folder with a file being written (hidden temp files, ``*.tmp``, ...) is not ready;
-    - a folder that looks like a Hugging Face checkpoint needs ``trainer_state.json``;
+    - a folder that looks like a Hugging Face checkpoint needs ``trainer_state.json``
+      (a ``checkpoint-N`` folder counts as one from its first ``config.json``);
     - a torch.distributed.checkpoint folder (``*.distcp``) needs ``.metadata``;
     - with ``require_marker`` every checkpoint needs its ``ckptsync.json`` marker
       (for a single-file checkpoint ``X``, the sidecar ``X.ckptsync.json``).
@@ -100,8 +109,13 @@ def assess(kind: str, relpaths: Iterable[str], *, require_marker: bool = False, 
     signal = next((f for f in SIGNAL_FILES if f in top), None)
     if require_marker and "ckptsync.json" not in top:
         return Readiness(False, "waiting for its ckptsync.json marker")
-    if top & HF_FILES and "trainer_state.json" not in top and signal is None:
+    hf_like = top & HF_FILES or (_HF_NAME.match(name) and top & HF_CONFIG_FILES)
+    if hf_like and "trainer_state.json" not in top and signal is None:
         return Readiness(False, "waiting for trainer_state.json")
+    if "trainer_state.json" in top and "ckptsync.json" not in top and not any(_HF_WEIGHTS.match(p) for p in top):
+        # Trainer writes the weights before its state: a state without weights is a
+        # folder the trainer's own rotation is deleting (or a save cut short).
+        return Readiness(False, "trainer_state.json without model weights (being deleted?)")
     if any(p.endswith(".distcp") for p in paths) and ".metadata" not in top:
         return Readiness(False, "waiting for .metadata")
     if not paths:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import completion
-from .checkpoint import LocalCheckpoint, check_folder, list_entries, scan_entry
+from .checkpoint import LocalCheckpoint, check_folder, list_entries, scan_entry, sidecar_marker
 from .config import Options, lower_priority
 from .errors import CkptsyncError, StoreError
 from .format import Manifest, format_time
@@ -232,18 +232,20 @@ class Daemon:
 
     # ------------------------------------------------------------ events
 
-    def _on_change(self, name: str, closed: bool) -> None:
+    def _on_change(self, name: str, kind: str) -> None:
+        if name.endswith(completion.SIDECAR_SUFFIX):  # a single file's marker: its checkpoint changed
+            name, kind = name[: -len(completion.SIDECAR_SUFFIX)], "change"
         if not completion.is_checkpoint_name(name):
             return
         with self._lock:
             e = self._entries.get(name)
             if e is None:
                 e = self._entries[name] = _Entry(name, last_change=self.clock())
-            if closed:
+            if kind == "closed":
                 e.open_writes = False
-            else:
+            elif kind == "write":
                 e.open_writes = self._watcher.mode == "native" and (self.folder / name).is_file()
-                e.last_change = self.clock()
+            e.last_change = self.clock()
             self._dirty.add(name)
         self._wake.set()
 
@@ -322,10 +324,10 @@ class Daemon:
         except OSError as exc:
             log.debug("cannot scan %s: %s", name, exc)
             return
-        fingerprint = tuple((f.relpath, f.signature) for f in ckpt.files)
-        marker = (self.folder / (name + completion.SIDECAR_SUFFIX)).exists() if ckpt.kind == "file" else False
+        fingerprint = (*((f.relpath, f.signature) for f in ckpt.files), ckpt.marker)
+        marker = sidecar_marker(self.folder / name) is not None if ckpt.kind == "file" else False
         verdict = completion.assess(
-            ckpt.kind, (f.relpath for f in ckpt.files), require_marker=self.watch.require_marker, marker_present=marker
+            ckpt.kind, (f.relpath for f in ckpt.files), require_marker=self.watch.require_marker, marker_present=marker, name=name
         )
         newest_mtime = max((f.signature[1] for f in ckpt.files), default=0) / 1e9
         with self._lock:

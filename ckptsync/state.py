@@ -36,7 +36,10 @@ def default_state_dir(folder: Path, remote: str) -> Path:
 
 
 def signature_of(ckpt: LocalCheckpoint) -> list[list[Any]]:
-    return [[f.relpath, *f.signature] for f in ckpt.files]
+    sig = [[f.relpath, *f.signature] for f in ckpt.files]
+    if ckpt.marker is not None:
+        sig.append([".ckptsync.json", *ckpt.marker])
+    return sig
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:

@@ -289,8 +289,16 @@ class Uploader:
             # Only this host's own commit of the same host set counts: another host's
             # identical files do not complete this host's part of a multi-host checkpoint.
             mine = other.hosts == self.hosts and (not self.hosts or other.host == self.host)
-            if mine and other.name == manifest.name and other.content_key() == manifest.content_key():
+            if not (mine and other.name == manifest.name and other.kind == manifest.kind):
+                continue
+            # Same bytes: a new commit only if a marker now says something new about them
+            # (a restored copy without its marker says less, not something new).
+            same_score = (other.step, dict(other.metrics)) == (manifest.step, dict(manifest.metrics))
+            if other.content_key() == manifest.content_key() and (same_score or ckpt.score.source != "ckptsync.json"):
                 return UploadResult(ckpt.name, "unchanged", "already committed", manifest=other, stats=stats)
+            if _strict_subset(manifest, other):
+                # e.g. the trainer's rotation died halfway through deleting a committed folder
+                return UploadResult(ckpt.name, "unchanged", "a partial copy of a committed checkpoint", manifest=other, stats=stats)
         crashpoints.reached("before-manifest")
         key = self.repo.commit(manifest)
         crashpoints.reached("after-manifest")
@@ -414,6 +422,12 @@ class Uploader:
 
 
 _stats_lock = threading.Lock()
+
+
+def _strict_subset(part: fmt.Manifest, whole: fmt.Manifest) -> bool:
+    mine = {(f.path, f.size, f.hash, f.mode) for f in part.files}
+    theirs = {(f.path, f.size, f.hash, f.mode) for f in whole.files}
+    return mine < theirs
 
 
 def describe(result: UploadResult) -> str:

@@ -43,8 +43,10 @@ class _QuietShutdown(logging.Filter):
 
 logging.getLogger("watchdog.observers.inotify").addFilter(_QuietShutdown())
 
-#: ``on_change(name, closed)``: ``closed`` is True for a close-after-write event.
-OnChange = Callable[[str, bool], None]
+#: ``on_change(name, kind)``: ``kind`` is ``"write"`` (bytes written to a file: it is
+#: open for writing), ``"closed"`` (closed after writing, or renamed into place) or
+#: ``"change"`` (created, deleted, renamed away).
+OnChange = Callable[[str, str], None]
 
 _CHANGES = (
     FileCreatedEvent,
@@ -73,15 +75,22 @@ class _Handler(FileSystemEventHandler):
         return rel.split(os.sep, 1)[0]
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        closed = isinstance(event, FileClosedEvent)
-        if not closed and not isinstance(event, _CHANGES):
+        if isinstance(event, FileClosedEvent):
+            kinds = {self._top(event.src_path): "closed"}
+        elif isinstance(event, _CHANGES):
+            if isinstance(event, DirModifiedEvent) and self._top(event.src_path) is None:
+                return
+            # A file renamed into place was closed under its old name: the move completes it.
+            dest = "closed" if isinstance(event, FileMovedEvent) else "change"
+            kinds = {self._top(event.src_path): "write" if isinstance(event, FileModifiedEvent) else "change"}
+            dest_name = self._top(getattr(event, "dest_path", None))
+            if dest_name:
+                kinds[dest_name] = dest
+        else:
             return  # opened, closed-without-write, attribute changes (atime): reads, not writes
-        if isinstance(event, DirModifiedEvent) and self._top(event.src_path) is None:
-            return
-        names = {self._top(event.src_path), self._top(getattr(event, "dest_path", None))}
-        for name in names:
+        for name, kind in kinds.items():
             if name:
-                self.on_change(name, closed)
+                self.on_change(name, kind)
 
 
 class FolderWatcher:
