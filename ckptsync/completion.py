@@ -81,9 +81,7 @@ class Readiness:
     signal: str | None = None
 
 
-def assess(
-    kind: str, relpaths: Iterable[str], *, require_marker: bool = False, marker_present: bool = False, name: str = ""
-) -> Readiness:
+def assess(kind: str, relpaths: Iterable[str], *, require_marker: bool = False, marker_present: bool = False, name: str = "") -> Readiness:
     """Decide from an entry's file list whether its completion signals permit a commit.
 
     - a folder with a file being written (hidden temp files, ``*.tmp``, ...) is not ready;

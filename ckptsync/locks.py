@@ -66,6 +66,7 @@ class Lock:
         self._thread: threading.Thread | None = None
         self._write_lock = threading.Lock()
         self.last_write: float | None = None
+        self._last_start: float | None = None
         #: The longest time between two writes of this lock (wall and boot clocks, so
         #: a suspended machine counts too): past STALE/2, others may have thought it dead.
         self.max_gap = 0.0
@@ -75,11 +76,15 @@ class Lock:
         with self._write_lock:
             if self._stop.is_set() and self.last_write is not None:
                 return  # released: never recreate the object
-            before = _elapsed_clock()
+            start = elapsed_clock()
             self.store.put(self.key, body.encode())
-            if self.last_write is not None:
-                self.max_gap = max(self.max_gap, before - self.last_write)
-            self.last_write = _elapsed_clock()
+            end = elapsed_clock()
+            if self._last_start is not None:
+                # From the start of the previous write (its earliest possible timestamp)
+                # to the end of this one: the longest the object could have looked old.
+                self.max_gap = max(self.max_gap, end - self._last_start)
+            self._last_start = start
+            self.last_write = end
 
     def write_and_look(self) -> LockView:
         """Write (or rewrite) this lock, then list every lock."""
@@ -100,7 +105,7 @@ class Lock:
     def fresh(self, margin: float = 0.5) -> bool:
         """True if the lock never went unwritten long enough that anyone could take it for stale."""
         limit = STALE.total_seconds() * margin
-        now = _elapsed_clock()
+        now = elapsed_clock()
         return self.last_write is not None and self.max_gap < limit and now - self.last_write < limit
 
     def release(self) -> None:
@@ -115,7 +120,7 @@ class Lock:
             log.warning("could not remove lock %s (it goes stale by itself): %s", self.key, exc.message)
 
 
-def _elapsed_clock() -> float:
+def elapsed_clock() -> float:
     """Seconds on a clock that keeps counting while the machine is suspended."""
     try:
         return time.clock_gettime(time.CLOCK_BOOTTIME)

@@ -10,7 +10,6 @@ upload that has not committed yet is never deleted.
 from __future__ import annotations
 
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -77,12 +76,12 @@ def prune(
 def _collect(repo: Repository, grace: timedelta, report: PruneReport, *, dry_run: bool, host: str, doomed_keys: set[str]) -> None:
     lock = locks.Lock(repo.store, repo.prefix, "exclusive", host=host)
     try:
+        started = locks.elapsed_clock()  # counts suspend too: the lock ages while we sleep
         view = lock.write_and_look()
         if view.shared or view.exclusive:
             report.collection_deferred = f"{len(view.shared)} upload(s) or restore(s) and {len(view.exclusive)} other prune(s) in progress"
             log.info("chunk collection deferred: %s; the next prune collects them", report.collection_deferred)
             return
-        started = time.monotonic()
         if not dry_run:
             locks.write_generation(repo.store, repo.prefix)
         # Read the manifests again under the lock: whatever was committed meanwhile counts.
@@ -103,7 +102,7 @@ def _collect(repo: Repository, grace: timedelta, report: PruneReport, *, dry_run
         limit = locks.STALE.total_seconds() / 2  # past this, others could take our lock for stale
 
         def delete(v: tuple[str, str, int]) -> int:
-            if time.monotonic() - started > limit:
+            if locks.elapsed_clock() - started > limit:
                 return 0
             repo.store.delete(repo.chunk_key(v[0], v[1]))
             return v[2]

@@ -311,8 +311,8 @@ class Uploader:
         lock.max_gap = 0.0  # the lock is current again; later pauses are measured afresh
         if view.generation == self._generation:
             return True
-        present = self.repo.list_chunks()
-        return all(c.hash in present for f in entries for c in f.chunks)
+        present = self.repo.list_chunk_objects()
+        return all((c.hash, c.codec) in present for f in entries for c in f.chunks)
 
     def _store_files(
         self, ckpt: LocalCheckpoint, stats: UploadStats, progress: Progress | None, cancel: threading.Event

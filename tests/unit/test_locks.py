@@ -64,7 +64,7 @@ def test_waiting_gives_up_after_the_limit_with_a_transient_error_and_leaves_no_l
 
 def test_a_long_gap_between_writes_makes_the_lock_not_fresh(store, monkeypatch):
     now = [1000.0]
-    monkeypatch.setattr(locks, "_elapsed_clock", lambda: now[0])
+    monkeypatch.setattr(locks, "elapsed_clock", lambda: now[0])
     lock = locks.Lock(store, "p", "shared")
     lock.write_and_look()
     assert lock.fresh()
