@@ -45,7 +45,7 @@ from .watcher import FolderWatcher
 log = logging.getLogger(__name__)
 
 #: After the drain deadline, how long an upload in flight may take to stop.
-_CANCEL_GRACE = 2.0
+_CANCEL_GRACE = 1.0
 
 
 @dataclass(frozen=True)
@@ -268,7 +268,10 @@ class Daemon:
         tick = min(self.watch.tick, ping) if ping else self.watch.tick
         try:
             while True:
-                self._wake.wait(tick)
+                wait = tick
+                if self._deadline is not None:  # wake right at the drain deadline, not a tick later
+                    wait = max(0.02, min(tick, self._deadline - self.clock()))
+                self._wake.wait(wait)
                 self._wake.clear()
                 now = self.clock()
                 if self._rescan_now or now - last_rescan >= self.watch.rescan_interval:

@@ -265,6 +265,8 @@ def decode_manifest(data: bytes, *, key: str | None = None) -> Manifest:
         return _decode_v1(doc)
     except FormatError as exc:
         raise FormatError(f"invalid manifest{where}: {exc.message}", exc.hint) from None
+    except (OverflowError, ValueError, TypeError) as exc:  # out-of-range times, numbers
+        raise FormatError(f"invalid manifest{where}: {exc}") from None
 
 
 def _decode_v1(doc: dict[str, Any]) -> Manifest:
@@ -445,4 +447,7 @@ def parse_time(s: str) -> datetime:
         raise FormatError(f"time {s[:40]!r} is not RFC 3339") from None
     if t.tzinfo is None:
         raise FormatError(f"time {s[:40]!r} has no time zone")
-    return t.astimezone(timezone.utc)
+    try:
+        return t.astimezone(timezone.utc)
+    except OverflowError:
+        raise FormatError(f"time {s[:40]!r} is out of range") from None

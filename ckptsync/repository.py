@@ -93,6 +93,8 @@ class Repository:
         except StoreError as exc:
             if not exc.transient and "larger than" in exc.message:
                 raise IntegrityError(f"chunk {ref.hash} is larger than the manifest says ({key})", chunk=ref.hash) from None
+            if exc.transient:  # retries exhausted on this one object: treat it as unreadable
+                raise IntegrityError(f"chunk {ref.hash} could not be read ({exc.message})", chunk=ref.hash) from None
             raise
         if len(stored) != ref.stored:
             raise IntegrityError(f"chunk {ref.hash} is {len(stored)} bytes, the manifest says {ref.stored} ({key})", chunk=ref.hash)

@@ -231,6 +231,12 @@ def restore_checkpoint(
         result.files_reused = len(m.files)
         result.seconds = time.monotonic() - started
         return result
+    try:
+        _check_space(target_dir, m, local or {})
+    except BaseException:
+        if created_dir:
+            _remove_tree(target_dir)
+        raise
     _remove_dead_staging(target_dir)
     staging = target_dir / f"{STAGING_PREFIX}{os.getpid()}-{_host_slug()}-{secrets.token_hex(6)}"
     _active_staging.add(staging.name)
@@ -443,8 +449,8 @@ def _matching_local_files(final: Path, m: fmt.Manifest) -> dict[str, Path] | Non
             st = os.lstat(path)
         except OSError:
             continue
-        if not _is_regular(st) or st.st_size != entry.size:
-            continue
+        if not _is_regular(st) or st.st_size != entry.size or st.st_nlink != 1:
+            continue  # a hard-linked file may be someone else's: never reuse (or chmod) it
         if _hash_file(path) == entry.hash:
             out[entry.path] = path
     return out
@@ -530,6 +536,24 @@ def _exchange(a: Path, b: Path) -> bool:
     return rc == 0
 
 
+def _check_space(target_dir: Path, m: fmt.Manifest, reused: dict[str, Path]) -> None:
+    """Refuse up front what cannot fit: more than the file system holds (a hostile or corrupt
+    manifest: skipped like damage), or more than it has free (a clear error, nothing written)."""
+    need = sum(f.size for f in m.files if f.path not in reused)
+    try:
+        st = os.statvfs(target_dir)
+    except OSError:
+        return
+    total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+    if need > total:
+        raise IntegrityError(f"checkpoint {m.name} declares {need} bytes, more than the whole file system under {target_dir} holds")
+    if need > free:
+        raise LocalError(
+            f"no space left on device for {m.name}: it needs {need} bytes, {free} are free under {target_dir}",
+            "free space, or restore into a larger volume; nothing was changed",
+        )
+
+
 def _ensure_dir(path: Path) -> bool:
     """Create the target folder if missing; True if this call created it."""
     if path.is_dir():
@@ -586,6 +610,11 @@ def _remove_tree(path: Path) -> None:
 
 
 def _local_error(exc: OSError, where: Path) -> LocalError:
+    if exc.errno == errno.EFBIG:
+        return LocalError(
+            f"a file of {where.name} is too large for this file system (or the process's file size limit)",
+            "restore onto a file system that holds files this large; nothing was changed",
+        )
     if exc.errno == errno.ENOSPC:
         return LocalError(
             f"no space left on device while restoring into {where.parent}",
