@@ -7,14 +7,13 @@ step and metrics are recorded in the manifest.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import UsageError
+from .fsutil import write_json_atomic
 from .metrics import MARKER_FILE
 
 
@@ -42,25 +41,7 @@ def mark(path: str | os.PathLike[str], step: int | None = None, metrics: Mapping
         clean[str(k)] = float(v) if math.isfinite(v) else None
     doc = {"step": step, "metrics": clean}
     target = marker_path(p)
-    fd, tmp = tempfile.mkstemp(prefix=".ckptsync-marker-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_json_atomic(target, doc, prefix=".ckptsync-marker-")
     return target
 
 

@@ -28,6 +28,7 @@ from typing import TypeVar
 from . import catalog, codec, crashpoints, locks, policy
 from . import format as fmt
 from .errors import IntegrityError, LocalError, NothingToRestore, StoreError, UsageError
+from .fsutil import fsync_dir
 from .repository import ManifestRecord, Repository
 from .upload import default_host
 
@@ -244,10 +245,10 @@ def restore_checkpoint(
         os.mkdir(staging, 0o700)
         built = staging / m.name
         _build(repo, m, built, local or {}, result, workers, progress)
-        _fsync_dir(staging)
+        fsync_dir(staging)
         crashpoints.reached("before-rename")
         _place(built, final)
-        _fsync_dir(target_dir)
+        fsync_dir(target_dir)
     except BaseException as exc:
         _remove_tree(staging)
         _active_staging.discard(staging.name)
@@ -321,7 +322,7 @@ def _build(
         os.chmod(path, entry.mode & 0o1777, follow_symlinks=False)
     if m.kind == "dir":
         for d in sorted({p for e in m.files for p in _parents(root, e.path)}, reverse=True):
-            _fsync_dir(d)
+            fsync_dir(d)
 
 
 def _fetch_all(
@@ -567,14 +568,6 @@ def _ensure_dir(path: Path) -> bool:
     except OSError as exc:
         raise _local_error(exc, path) from None
     return True
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _active_staging: set[str] = set()

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import LocalCheckpoint
+from .fsutil import write_json_atomic
+
+__all__ = ["State", "write_json_atomic", "read_json", "default_state_dir", "default_state_root"]
 
 COMMITTED_FILE = "committed.json"
 STATUS_FILE = "status.json"
@@ -40,23 +42,6 @@ def signature_of(ckpt: LocalCheckpoint) -> list[list[Any]]:
     if ckpt.marker is not None:
         sig.append([".ckptsync.json", *ckpt.marker])
     return sig
-
-
-def write_json_atomic(path: Path, doc: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def read_json(path: Path) -> Any:

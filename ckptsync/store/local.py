@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from ..errors import AlreadyExists, NotFound, StoreError
+from ..fsutil import fsync_dir
 from .base import ObjectInfo
 
 _TMP_MARK = ".ckptsync-tmp-"
@@ -71,7 +72,7 @@ class LocalStore:
                     _unlink_quietly(tmp)
             else:
                 os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except (AlreadyExists, StoreError):
             raise
         except OSError as exc:
@@ -151,14 +152,6 @@ class LocalStore:
 
     def close(self) -> None:
         pass
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(path: Path) -> None:
