@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -25,34 +26,63 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # scenario: (title, pytest selections)
 SCENARIOS: dict[int, tuple[str, list[str]]] = {
-    1: ("kill -9 during upload at random points, then restore", ["tests/faults/test_crash.py::test_kill_9_during_upload_at_random_points_never_gives_a_partial_restore"]),
-    2: ("kill -9 between the last chunk and the manifest", ["tests/faults/test_crash.py::test_kill_between_last_chunk_and_manifest_then_restart_resends_nothing"]),
-    3: ("slow writer (1 MiB/s, pauses > 1 s)", ["tests/faults/test_writer_scenarios.py::test_slow_writer_with_long_pauses_never_gets_an_incomplete_checkpoint_committed"]),
-    4: ("rotation deleting a folder mid-upload", ["tests/faults/test_writer_scenarios.py::test_rotation_deleting_folders_mid_upload_never_commits_missing_data"]),
+    1: (
+        "kill -9 during upload at random points, then restore",
+        ["tests/faults/test_crash.py::test_kill_9_during_upload_at_random_points_never_gives_a_partial_restore"],
+    ),
+    2: (
+        "kill -9 between the last chunk and the manifest",
+        ["tests/faults/test_crash.py::test_kill_between_last_chunk_and_manifest_then_restart_resends_nothing"],
+    ),
+    3: (
+        "slow writer (1 MiB/s, pauses > 1 s)",
+        ["tests/faults/test_writer_scenarios.py::test_slow_writer_with_long_pauses_never_gets_an_incomplete_checkpoint_committed"],
+    ),
+    4: (
+        "rotation deleting a folder mid-upload",
+        ["tests/faults/test_writer_scenarios.py::test_rotation_deleting_folders_mid_upload_never_commits_missing_data"],
+    ),
     5: ("connection resets at random offsets of uploads and downloads", ["tests/faults/test_network_faults.py -k scenario_5 or reset"]),
     6: ("503 SlowDown on 30% of requests", ["tests/faults/test_network_faults.py -k slowdown or 503"]),
     7: ("500 after the server applied the manifest PUT", ["tests/faults/test_network_faults.py -k manifest"]),
-    8: ("errors that cannot heal (403, NoSuchBucket, no credentials)", [
-        "tests/integration/test_cli_s3.py::test_missing_bucket_fails_fast_without_retries_or_traceback",
-        "tests/integration/test_cli_s3.py::test_wrong_credentials_are_a_clear_error",
-        "tests/integration/test_cli_s3.py::test_no_credentials_is_a_clear_error",
-    ]),
+    8: (
+        "errors that cannot heal (403, NoSuchBucket, no credentials)",
+        [
+            "tests/integration/test_cli_s3.py::test_missing_bucket_fails_fast_without_retries_or_traceback",
+            "tests/integration/test_cli_s3.py::test_wrong_credentials_are_a_clear_error",
+            "tests/integration/test_cli_s3.py::test_no_credentials_is_a_clear_error",
+        ],
+    ),
     9: ("truncated or bit-flipped downloads", ["tests/faults/test_network_faults.py -k truncat or flip"]),
     10: ("two writers on one prefix", ["tests/faults/test_writer_scenarios.py::test_two_writers_on_one_prefix_never_overwrite_a_manifest"]),
     11: ("SIGTERM with a drain budget on a bandwidth-limited link", ["tests/faults/test_network_faults.py -k drain or sigterm"]),
-    12: ("spot notice from a fake IMDSv2 endpoint", ["tests/integration/test_sidecar.py::test_spot_notice_is_logged_within_one_poll_interval"]),
-    13: ("stale multipart uploads aborted at start (ckptsync itself uploads no multipart)", ["tests/integration/test_cli_s3.py::test_stale_multipart_uploads_under_the_prefix_are_aborted_and_others_kept"]),
+    12: (
+        "spot notice from a fake IMDSv2 endpoint",
+        ["tests/integration/test_sidecar.py::test_spot_notice_is_logged_within_one_poll_interval"],
+    ),
+    13: (
+        "stale multipart uploads aborted at start (ckptsync itself uploads no multipart)",
+        ["tests/integration/test_cli_s3.py::test_stale_multipart_uploads_under_the_prefix_are_aborted_and_others_kept"],
+    ),
     14: ("clock skew, equal steps, NaN or missing metrics", ["tests/faults/test_choice_scenarios.py"]),
     15: ("hostile manifests", ["tests/faults/test_network_faults.py -k hostile", "tests/unit/test_format.py"]),
-    16: ("decompression bombs", [
-        "tests/unit/test_codec.py::test_frame_declaring_more_than_the_manifest_is_rejected_before_decompressing",
-        "tests/unit/test_codec.py::test_frame_without_content_size_cannot_inflate_past_declared_size",
-        "tests/unit/test_float_codec.py::test_a_grouped_plane_cannot_inflate_past_its_size",
-    ]),
+    16: (
+        "decompression bombs",
+        [
+            "tests/unit/test_codec.py::test_frame_declaring_more_than_the_manifest_is_rejected_before_decompressing",
+            "tests/unit/test_codec.py::test_frame_without_content_size_cannot_inflate_past_declared_size",
+            "tests/unit/test_float_codec.py::test_a_grouped_plane_cannot_inflate_past_its_size",
+        ],
+    ),
     17: ("credentials in logs at debug level", ["tests/faults/test_secrets.py"]),
     18: ("ENOSPC during restore", ["tests/faults/test_enospc.py"]),
     19: ("property-based round trips and decoder fuzzing", ["tests/faults/test_properties.py"]),
 }
+
+
+def _quoted(selection: str) -> str:
+    path, _, k = selection.partition(" -k ")
+    return f'{path} -k "{k}"' if k else path
 
 
 def run(selection: str, env: dict[str, str], junit: Path) -> tuple[int, int]:
@@ -114,7 +144,8 @@ def main() -> None:
         runs = sum(int(f["runs"]) for f in figs) if figs else total
         figure = "; ".join(f["figure"] for f in figs) if figs else f"{passed}/{total} tests pass"
         ok = total > 0 and passed == total and all(f["result"] == "pass" for f in figs)
-        reproduce = "<br>".join(f"`pytest {s}`" for s in selections)
+        reproduce = "<br>".join(f"`pytest {_quoted(s)}`" for s in selections)
+        figure = re.sub(r"/tmp/\S+?(?=[;),]|\s|$)", "<tmp>", figure)
         lines.append(f"| {number} | {title} | {runs} | {figure} | {'pass' if ok else 'FAIL'} | {reproduce} |")
     lines += [
         "",

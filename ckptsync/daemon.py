@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: After the drain deadline, how long an upload in flight may take to stop.
 _CANCEL_GRACE = 1.0
+#: Time kept for shutting down (joining threads, the report, the status file) inside the drain budget.
+_EXIT_MARGIN = 1.0
 
 
 @dataclass(frozen=True)
@@ -202,8 +204,11 @@ class Daemon:
                     e.ready_at_drain = e.status in ("ready", "uploading")
             self._draining = True
             self._writers_gone = self._writers_gone or writers_gone
+            now = self.clock()
             if deadline is None:
-                deadline = self.clock() + self.watch.drain_timeout
+                deadline = now + self.watch.drain_timeout
+            # Stop uploading early enough that cancelling and shutting down also fit in the budget.
+            deadline = max(now, deadline - _CANCEL_GRACE - _EXIT_MARGIN)
             self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
             self._dirty.update(self._entries)
             self._rescan_now = True  # events may still be in flight: look at the folder itself
