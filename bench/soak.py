@@ -72,9 +72,27 @@ def main() -> None:
         env.update(proxy.wrap(server).env())
         log = open(work / "watch.log", "w")
         watch = subprocess.Popen(
-            [sys.executable, "-m", "ckptsync", "watch", "--dir", str(folder), "--remote", remote, "--state-dir", str(work / "state"),
-             "--settle", "2", "--keep-last", "10", "--grace", "0"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "ckptsync",
+                "watch",
+                "--dir",
+                str(folder),
+                "--remote",
+                remote,
+                "--state-dir",
+                str(work / "state"),
+                "--settle",
+                "2",
+                "--keep-last",
+                "10",
+                "--grace",
+                "0",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         written: dict[str, str] = {}
         samples: list[float] = []
@@ -103,13 +121,24 @@ def main() -> None:
             if watch.poll() is None:
                 watch.kill()
             log.close()
-        listed = json.loads(subprocess.run([sys.executable, "-m", "ckptsync", "list", "--remote", remote, "--json"], env=env,
-                                           capture_output=True, text=True, check=True).stdout)
+        listed = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "ckptsync", "list", "--remote", remote, "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
         ok = bad = 0
         for row in listed:
             out = work / "restored" / row["name"]
-            r = subprocess.run([sys.executable, "-m", "ckptsync", "restore", "--remote", remote, "--dir", str(out.parent), "--name", row["name"]],
-                               env=env, capture_output=True, text=True)
+            r = subprocess.run(
+                [sys.executable, "-m", "ckptsync", "restore", "--remote", remote, "--dir", str(out.parent), "--name", row["name"]],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             if r.returncode == 0 and tree_hash(out) == written.get(row["name"]):
                 ok += 1
             else:
@@ -127,6 +156,8 @@ def main() -> None:
         "watch_exit_code": code,
         "requests": requests,
         "faults_injected": faults,
+        "rss_mb_samples_every_30s": [round(x, 1) for x in samples],
+        "rss_mb_after_5_min": round(samples[min(10, len(samples) - 1)], 1) if samples else None,
         "rss_mb_first": round(samples[0], 1) if samples else None,
         "rss_mb_last": round(samples[-1], 1) if samples else None,
         "rss_mb_max": round(max(samples), 1) if samples else None,
