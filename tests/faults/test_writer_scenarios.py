@@ -114,7 +114,7 @@ def test_rotation_deleting_folders_mid_upload_never_commits_missing_data(tmp_pat
             time.sleep(0.15)  # the trainer's pace between saves
             if step > 2:
                 shutil.rmtree(folder / f"checkpoint-{step - 2}")  # save_total_limit=2
-        wait_until(lambda: daemon.status()["in_flight"] is None and not daemon.status()["queue"])
+        wait_until(lambda: f"checkpoint-{cycles}" in committed_files(remote), timeout=120)
         assert not daemon.stopped
     finally:
         daemon.drain(deadline=time.monotonic() + 10)
