@@ -149,8 +149,6 @@ class Daemon:
         self._deadline: float | None = None
         self._urgent = False
         self._rescan_now = False
-        self._last_status: dict[str, Any] | None = None
-        self._last_status_at = 0.0
         self._started = clock()
         self._committed: dict[str, list[Manifest]] = defaultdict(list)
         self._index: ChunkIndex | None = None
@@ -591,15 +589,9 @@ class Daemon:
             }
 
     def _write_status(self, force: bool = False) -> None:
-        """Write the status file when something in it changed (or once a minute), not every tick."""
-        if self.state is None:
-            return
-        doc = self.status()
-        stable = {k: v for k, v in doc.items() if k not in ("updated", "uptime_seconds", "lag_seconds")}
-        now = self.clock()
-        if force or stable != self._last_status or now - self._last_status_at >= 60:
-            self.state.write_status(doc)
-            self._last_status, self._last_status_at = stable, now
+        """Write the status file (every status interval: its ``updated`` time shows the daemon is alive)."""
+        if self.state is not None:
+            self.state.write_status(self.status())
 
     def _shutdown(self) -> None:
         self._watcher.stop()

@@ -18,10 +18,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, doc: Any, *, prefix: str | None = None) -> None:
+def write_json_atomic(path: Path, doc: Any, *, prefix: str | None = None, durable: bool = True) -> None:
     """Write ``doc`` as JSON at ``path``: readers see the old file or the whole new one, never a part.
 
     The temp file is hidden (``prefix``, default ``.<name>.``) and removed on any error.
+    ``durable=False`` skips the fsyncs, for files rewritten every few seconds (status).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=prefix or f".{path.name}.", dir=path.parent)
@@ -30,7 +31,8 @@ def write_json_atomic(path: Path, doc: Any, *, prefix: str | None = None) -> Non
             json.dump(doc, f, indent=1, allow_nan=False, default=str)
             f.write("\n")
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -38,4 +40,5 @@ def write_json_atomic(path: Path, doc: Any, *, prefix: str | None = None) -> Non
         except OSError:
             pass
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)

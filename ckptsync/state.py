@@ -86,6 +86,6 @@ class State:
 
     def write_status(self, doc: dict[str, Any]) -> None:
         try:
-            write_json_atomic(self.folder / STATUS_FILE, doc)
+            write_json_atomic(self.folder / STATUS_FILE, doc, durable=False)
         except OSError:
             pass
