@@ -123,7 +123,7 @@ def remote_options(f: F) -> F:
             default=None,
             help=f"Parallel transfers (default: 2 x CPUs, 4..16; here {default_workers()}).",
         ),
-        _opt("--max-memory", type=_size, default="128M", help="Bound on chunk bytes held in memory."),
+        _opt("--max-memory", type=_size, default="32M", help="Bound on chunk bytes held in memory."),
         _opt("--bwlimit", type=_size, default=None, metavar="BYTES/S", help="Limit transfers to this many bytes per second (e.g. 50M)."),
         _opt(
             "--nice",

@@ -39,7 +39,7 @@ class Options:
     s3: S3Options = field(default_factory=S3Options)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     workers: int = field(default_factory=default_workers)
-    max_memory: int = 128 << 20
+    max_memory: int = 32 << 20
     host: str | None = None
     #: Every host of a multi-host job (empty: this host alone).
     hosts: tuple[str, ...] = ()
