@@ -91,3 +91,6 @@ def setup(level: str = "info", fmt: str = "text", stream: object = None) -> None
     debug_boto = os.environ.get("CKPTSYNC_DEBUG_BOTO") == "1"
     for name in _QUIET:
         logging.getLogger(name).setLevel(lvl if debug_boto else max(lvl, logging.WARNING))
+    # watchdog reports paths that vanished under it (a folder renamed while its watches were
+    # being added) as warnings and errors; ckptsync rescans on its own, so they are noise.
+    logging.getLogger("watchdog").setLevel(lvl if lvl <= logging.DEBUG else logging.CRITICAL)
