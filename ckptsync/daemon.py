@@ -545,6 +545,7 @@ class Daemon:
                 hosts=self.options.hosts,
                 nice=self.options.nice,
             )
+            self._uploader.learn(m for ms in committed.values() for m in ms)
             self._remote_error = None
         log.info("remote %s: %d committed checkpoints", self.repo.url, sum(map(len, committed.values())))
 

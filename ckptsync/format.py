@@ -22,8 +22,9 @@ from .errors import FormatError, NewerFormatError
 
 FORMAT_NAME = "ckptsync.manifest"
 #: The newest version this code reads. Writers use the lowest version that can
-#: express a manifest (version 2: ``hosts``; version 3: byte-grouped codecs).
-FORMAT_VERSION = 3
+#: express a manifest (version 2: ``hosts``; version 3: byte-grouped codecs;
+#: version 4: chunk parts, several small files packed into one chunk).
+FORMAT_VERSION = 4
 HASH_ALGORITHM = "sha256"
 CODECS = ("raw", "zstd", "bg2", "bg4", "bg8")
 #: Codecs a manifest of each version may use (byte grouping needs version 3).
@@ -42,17 +43,48 @@ _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _COMMIT_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z-[A-Za-z0-9._-]{1,63}-[0-9a-f]{16}\Z")
 
 
+#: The format version that introduced chunk parts (``offset``/``length``).
+PARTS_SINCE = 4
+
+
 @dataclass(frozen=True)
 class ChunkRef:
-    """One chunk of a file: its hash (of the raw bytes), raw size, stored size and codec."""
+    """One chunk of a file: its hash (of the raw bytes), raw size, stored size and codec.
+
+    A *part* (format version 4) uses only ``length`` bytes of the chunk's raw
+    bytes, from ``offset``: several small files packed into one chunk each
+    refer to their own range of it. ``length`` None means the whole chunk.
+    """
 
     hash: str
     size: int
     stored: int
     codec: str
+    offset: int = 0
+    length: int | None = None
+
+    @property
+    def used(self) -> int:
+        """How many of the chunk's raw bytes belong to the file."""
+        return self.size - self.offset if self.length is None else self.length
+
+    @property
+    def is_part(self) -> bool:
+        return self.offset != 0 or self.used != self.size
+
+    def whole(self) -> ChunkRef:
+        """The reference to the whole chunk."""
+        return ChunkRef(self.hash, self.size, self.stored, self.codec)
+
+    def part(self, offset: int, length: int) -> ChunkRef:
+        return ChunkRef(self.hash, self.size, self.stored, self.codec, offset, length)
 
     def to_json(self) -> dict[str, Any]:
-        return {"hash": self.hash, "size": self.size, "stored": self.stored, "codec": self.codec}
+        doc: dict[str, Any] = {"hash": self.hash, "size": self.size, "stored": self.stored, "codec": self.codec}
+        if self.is_part:
+            doc["offset"] = self.offset
+            doc["length"] = self.used
+        return doc
 
 
 @dataclass(frozen=True)
@@ -96,7 +128,8 @@ class Manifest:
     def version(self) -> int:
         """The lowest format version that can express this manifest."""
         codecs = max((CODECS_SINCE[c.codec] for f in self.files for c in f.chunks), default=1)
-        return max(codecs, 2 if self.hosts else 1)
+        parts = PARTS_SINCE if any(c.is_part for f in self.files for c in f.chunks) else 1
+        return max(codecs, parts, 2 if self.hosts else 1)
 
     @property
     def raw_bytes(self) -> int:
@@ -112,8 +145,8 @@ class Manifest:
         return sum(seen.values())
 
     def chunk_refs(self) -> dict[str, ChunkRef]:
-        """Every distinct chunk the manifest names, by hash."""
-        return {c.hash: c for f in self.files for c in f.chunks}
+        """Every distinct chunk the manifest names, by hash (whole chunks, not parts)."""
+        return {c.hash: c.whole() for f in self.files for c in f.chunks}
 
     def content_key(self) -> tuple[Any, ...]:
         """What identifies the content: equal keys mean identical files."""
@@ -299,6 +332,8 @@ def _decode_v1(doc: dict[str, Any]) -> Manifest:
         for c in f.chunks:
             if CODECS_SINCE[c.codec] > version:
                 raise FormatError(f"{f.path}: codec {c.codec} needs format version {CODECS_SINCE[c.codec]}, the manifest says {version}")
+            if c.is_part and version < PARTS_SINCE:
+                raise FormatError(f"{f.path}: a chunk part (offset/length) needs format version {PARTS_SINCE}, the manifest says {version}")
     _check_file_set(name, kind, files)
     hosts: tuple[str, ...] = ()
     if doc.get("version", 1) >= 2 and "hosts" in doc:
@@ -358,6 +393,12 @@ def _decode_file(doc: Any) -> FileEntry:
         if not isinstance(c, dict):
             raise FormatError(f"{path}: chunk entry is not an object")
         ref = ChunkRef(_get(c, "hash", str), _get(c, "size", int), _get(c, "stored", int), _get(c, "codec", str))
+        if "offset" in c or "length" in c:
+            offset = _get(c, "offset", int) if "offset" in c else 0
+            length = _get(c, "length", int) if "length" in c else ref.size - offset
+            if not (0 <= offset < ref.size and 0 < length <= ref.size - offset):
+                raise FormatError(f"{path}: chunk part out of the chunk's range")
+            ref = ref.part(offset, length)
         if not _HEX64.match(ref.hash):
             raise FormatError(f"{path}: chunk hash is not 64 lowercase hex digits")
         if ref.codec not in CODECS:
@@ -367,7 +408,7 @@ def _decode_file(doc: Any) -> FileEntry:
         if ref.codec == "raw" and ref.stored != ref.size:
             raise FormatError(f"{path}: raw chunk with stored size != size")
         chunks.append(ref)
-    if sum(c.size for c in chunks) != size:
+    if sum(c.used for c in chunks) != size:
         raise FormatError(f"{path}: chunk sizes do not add up to the file size")
     return FileEntry(path, size, mode, digest, tuple(chunks))
 

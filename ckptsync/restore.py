@@ -289,8 +289,9 @@ def _build(
     if m.kind == "dir":
         os.mkdir(root, 0o755)
     sinks: list[_Sink] = []
-    # chunk hash -> [(sink, offset)]: a chunk repeated anywhere is fetched once.
-    wanted: dict[str, list[tuple[_Sink, int]]] = {}
+    # chunk hash -> where its bytes go: a chunk repeated anywhere, or packed with
+    # several small files, is fetched once.
+    wanted: dict[str, list[_Target]] = {}
     refs: dict[str, fmt.ChunkRef] = {}
     try:
         for entry in m.files:
@@ -306,9 +307,9 @@ def _build(
             sinks.append(sink)
             offset = 0
             for ref in entry.chunks:
-                wanted.setdefault(ref.hash, []).append((sink, offset))
-                refs[ref.hash] = ref
-                offset += ref.size
+                wanted.setdefault(ref.hash, []).append(_Target(sink, offset, ref.offset, ref.used))
+                refs[ref.hash] = ref.whole()
+                offset += ref.used
         _fetch_all(repo, wanted, refs, result, workers, progress)
         _verify_files(sinks, workers)
         for sink in sinks:
@@ -325,9 +326,19 @@ def _build(
             fsync_dir(d)
 
 
+@dataclass(frozen=True)
+class _Target:
+    """Where a chunk's bytes ``[start, start + length)`` go: ``sink`` at ``offset``."""
+
+    sink: _Sink
+    offset: int
+    start: int
+    length: int
+
+
 def _fetch_all(
     repo: Repository,
-    wanted: dict[str, list[tuple[_Sink, int]]],
+    wanted: dict[str, list[_Target]],
     refs: dict[str, fmt.ChunkRef],
     result: RestoreResult,
     workers: int,
@@ -348,17 +359,20 @@ def _fetch_all(
                 raw = repo.get_chunk(ref)
             except IntegrityError:
                 raw = repo.get_chunk(ref)  # once more: the first read may have been damaged in transit
-            for sink, offset in wanted[digest]:
-                _pwrite_all(sink.fd, raw, offset)
+            view = memoryview(raw)
+            for t in wanted[digest]:
+                if t.start + t.length > len(view):
+                    raise IntegrityError(f"chunk {digest} is {len(view)} bytes, shorter than the part the manifest names")
+                _pwrite_all(t.sink.fd, view[t.start : t.start + t.length], t.offset)
             crashpoints.reached("restore-chunk")
             with lock:
                 result.bytes_downloaded += ref.stored
                 result.chunks_fetched += 1
             if progress:
-                progress(ref.size * len(wanted[digest]))
+                progress(sum(t.length for t in wanted[digest]))
         except IntegrityError as exc:
             failed.set()
-            paths = sorted({s.entry.path for s, _ in wanted[digest]})
+            paths = sorted({t.sink.entry.path for t in wanted[digest]})
             raise IntegrityError(f"{exc.message}; needed by {', '.join(paths)}", chunk=digest, path=paths[0]) from None
         except BaseException:
             failed.set()
@@ -403,7 +417,7 @@ def _verify_files(sinks: list[_Sink], workers: int) -> None:
             fut.result()
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)

@@ -190,6 +190,10 @@ class Uploader:
                 "check --host and --hosts (or SM_CURRENT_HOST and SM_HOSTS)",
             )
         self.chunk_size = chunk_size
+        self.small_file = min(SMALL_FILE, chunk_size // 4)
+        self.pack_target = min(PACK_TARGET, chunk_size)
+        # Where small files sit inside packs already committed: file hash -> part.
+        self._parts: dict[str, fmt.ChunkRef] = {}
         self.clock = clock
         # Each chunk in flight holds its raw bytes and, briefly, its encoded copy.
         self.budget = ByteBudget(max(chunk_size, max_memory // 2))
@@ -251,6 +255,8 @@ class Uploader:
     ) -> UploadResult:
         started = time.monotonic()
         stats = UploadStats(files=len(ckpt.files))
+        committed = list(committed)
+        self.learn(committed)
         stop = cancel or threading.Event()
         try:
             entries = self._store_files(ckpt, stats, progress, stop)
@@ -302,6 +308,7 @@ class Uploader:
         crashpoints.reached("before-manifest")
         key = self.repo.commit(manifest)
         crashpoints.reached("after-manifest")
+        self.learn([manifest])
         stats.seconds = time.monotonic() - started
         return UploadResult(ckpt.name, "committed", key=key, manifest=manifest, stats=stats)
 
@@ -318,16 +325,26 @@ class Uploader:
         self, ckpt: LocalCheckpoint, stats: UploadStats, progress: Progress | None, cancel: threading.Event
     ) -> list[fmt.FileEntry]:
         failed = threading.Event()
-        futures: list[list[Future[fmt.ChunkRef]]] = []
-        hashes: list[str] = []
+        futures: list[list[_Ref]] = [[] for _ in ckpt.files]
+        hashes: list[str] = [""] * len(ckpt.files)
+        small = [i for i, f in enumerate(ckpt.files) if 0 < f.size <= self.small_file]
+        large = [i for i, f in enumerate(ckpt.files) if not 0 < f.size <= self.small_file]
+        pack = _Pack()
         try:
-            for f in ckpt.files:
+            # Small files first, so the open pack is stored before any large file
+            # takes the byte budget (the pack's bytes count against it).
+            for i in small:
                 if failed.is_set() or cancel.is_set():
                     break
-                file_futures: list[Future[fmt.ChunkRef]] = []
-                futures.append(file_futures)
-                hashes.append(self._read_file(ckpt, f, file_futures, failed, cancel, stats, progress))
+                hashes[i] = self._read_small_file(ckpt, ckpt.files[i], futures[i], pack, failed, stats, progress)
+            if not (failed.is_set() or cancel.is_set()):
+                self._flush_pack(pack, failed, stats, progress)
+            for i in large:
+                if failed.is_set() or cancel.is_set():
+                    break
+                hashes[i] = self._read_file(ckpt, ckpt.files[i], futures[i], failed, cancel, stats, progress)
         finally:
+            pack.drop(self.budget)
             # Never return while workers still run on our buffers: wait for every chunk.
             for fut in (fut for ff in futures for fut in ff):
                 fut.exception()
@@ -341,17 +358,83 @@ class Uploader:
             for f, ff, digest in zip(ckpt.files, futures, hashes, strict=True)
         ]
 
-    def _read_file(
+    def _read_small_file(
         self,
         ckpt: LocalCheckpoint,
         f: LocalFile,
-        futures: list[Future[fmt.ChunkRef]],
+        refs: list[_Ref],
+        pack: _Pack,
         failed: threading.Event,
-        cancel: threading.Event,
         stats: UploadStats,
         progress: Progress | None,
     ) -> str:
-        """Read one file in order, hand its chunks to the workers; return its hash."""
+        """Read a small file whole. Content already stored (alone, or as a part of an
+        earlier pack) is referred to; anything else joins the open pack."""
+        if pack.size + f.size > self.pack_target:
+            # Before taking budget for the file: the pack's own bytes never wait on it.
+            self._flush_pack(pack, failed, stats, progress)
+        self.budget.acquire(f.size)
+        try:
+            data = self._read_whole(ckpt, f)
+        except BaseException:
+            self.budget.release(f.size)
+            raise
+        digest = codec.sha256_hex(data)
+        known = self._stored_ref(digest, len(data))
+        if known is not None or digest in pack:
+            self.budget.release(f.size)
+            if progress is not None:
+                progress(f.size)
+        refs.append(_done(known) if known is not None else pack.add(data, digest))
+        return digest
+
+    def _stored_ref(self, digest: str, size: int) -> fmt.ChunkRef | None:
+        """A reference to content the remote holds: a chunk of its own, or a part of a pack."""
+        alone = self.index.lookup(digest)
+        if alone is not None:
+            return fmt.ChunkRef(digest, size, alone[1], alone[0])
+        part = self._parts.get(digest)
+        if part is not None and part.used == size:
+            pack = self.index.lookup(part.hash)
+            if pack is not None:
+                return fmt.ChunkRef(part.hash, part.size, pack[1], pack[0], part.offset, size)
+        return None
+
+    def _flush_pack(self, pack: _Pack, failed: threading.Event, stats: UploadStats, progress: Progress | None) -> None:
+        """Store the open pack as one chunk; its files' references resolve to their parts."""
+        if not pack.members:
+            return
+        data, size, members = b"".join(pack.members), pack.size, pack.parts
+        pack.reset()
+        fut = self.pool.submit(self._store_chunk, data, None, stats)
+        fut.add_done_callback(functools.partial(self._chunk_done, n=size, failed=failed, progress=progress))
+        for part in members:
+            part.resolve(fut)
+
+    def learn(self, manifests: Iterable[fmt.Manifest]) -> None:
+        """Remember where small files sit inside packs, so an unchanged one refers to its old part."""
+        for m in manifests:
+            for f in m.files:
+                if len(f.chunks) == 1 and f.chunks[0].is_part:
+                    self._parts[f.hash] = f.chunks[0]
+        if len(self._parts) > _MAX_PARTS:
+            for key in list(self._parts)[: len(self._parts) - _MAX_PARTS]:
+                del self._parts[key]
+
+    def _read_whole(self, ckpt: LocalCheckpoint, f: LocalFile) -> bytes:
+        fd = self._open(ckpt, f)
+        try:
+            data = os.pread(fd, f.size, 0)
+        except OSError as exc:
+            raise LocalError(f"cannot read {f.abspath}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        if len(data) != f.size:
+            raise _Changed(f"{f.relpath} shrank during upload")
+        return data
+
+    def _open(self, ckpt: LocalCheckpoint, f: LocalFile) -> int:
+        """Open one of the checkpoint's files for reading, checking it is still the same file."""
         try:
             fd = os.open(f.abspath, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -360,10 +443,25 @@ class Uploader:
             raise _Changed(f"{f.relpath} was deleted during upload") from None
         except OSError as exc:
             raise LocalError(f"cannot read {f.abspath}: {exc.strerror}") from None
+        if os.fstat(fd).st_ino != f.signature[2]:
+            os.close(fd)
+            raise _Changed(f"{f.relpath} was replaced during upload")
+        return fd
+
+    def _read_file(
+        self,
+        ckpt: LocalCheckpoint,
+        f: LocalFile,
+        futures: list[_Ref],
+        failed: threading.Event,
+        cancel: threading.Event,
+        stats: UploadStats,
+        progress: Progress | None,
+    ) -> str:
+        """Read one file in order, hand its chunks to the workers; return its hash."""
+        fd = self._open(ckpt, f)
         hasher = codec.new_file_hasher()
         try:
-            if os.fstat(fd).st_ino != f.signature[2]:
-                raise _Changed(f"{f.relpath} was replaced during upload")
             for span in self._plan(fd, f):
                 offset, length = span.offset, span.length
                 if failed.is_set() or cancel.is_set():
@@ -422,6 +520,75 @@ class Uploader:
 
 
 _stats_lock = threading.Lock()
+
+#: Files up to this size are packed together into chunks of up to PACK_TARGET
+#: bytes: a checkpoint's config files, tokenizer, RNG and scheduler state cost
+#: one request, not one each.
+SMALL_FILE = 1 << 20
+PACK_TARGET = CHUNK_SIZE
+_MAX_PARTS = 100_000
+
+
+class _Part:
+    """A small file's range of a pack that is being stored; resolves to a part reference."""
+
+    def __init__(self, offset: int, length: int) -> None:
+        self.offset = offset
+        self.length = length
+        self._fut: Future[fmt.ChunkRef] | None = None
+
+    def resolve(self, fut: Future[fmt.ChunkRef]) -> None:
+        self._fut = fut
+
+    def exception(self) -> BaseException | None:
+        return None if self._fut is None else self._fut.exception()
+
+    def result(self) -> fmt.ChunkRef:
+        if self._fut is None:
+            raise _Cancelled()  # the pack was never stored: the upload stopped first
+        return self._fut.result().part(self.offset, self.length)
+
+
+_Ref = Future[fmt.ChunkRef] | _Part
+
+
+class _Pack:
+    """The small files waiting to be stored together as one chunk."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.members: list[bytes] = []
+        self.parts: list[_Part] = []
+        self.size = 0
+        self._by_hash: dict[str, _Part] = {}
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._by_hash
+
+    def add(self, data: bytes, digest: str) -> _Part:
+        same = self._by_hash.get(digest)
+        if same is not None:
+            return same  # the same content twice in one checkpoint: stored once
+        part = _Part(self.size, len(data))
+        self.members.append(data)
+        self.parts.append(part)
+        self._by_hash[digest] = part
+        self.size += len(data)
+        return part
+
+    def drop(self, budget: ByteBudget) -> None:
+        """Forget files never stored (the upload stopped), returning their bytes to the budget."""
+        if self.size:
+            budget.release(self.size)
+        self.reset()
+
+
+def _done(ref: fmt.ChunkRef) -> Future[fmt.ChunkRef]:
+    fut: Future[fmt.ChunkRef] = Future()
+    fut.set_result(ref)
+    return fut
 
 
 def _strict_subset(part: fmt.Manifest, whole: fmt.Manifest) -> bool:

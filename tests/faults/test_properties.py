@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
 FULL = full_size()
 H_MISSING = "f" * 64  # a chunk no remote holds
+MODEL_SIZE = 1_200_000
 pytestmark = pytest.mark.timeout(1800 if FULL else 300)
 
 
@@ -155,9 +156,9 @@ def make_world(base: Path) -> World:
     src = base / "src"
     good = src / GOOD
     (good / "sub").mkdir(parents=True)
-    (good / "model.bin").write_bytes(rng.randbytes(300_000))
-    (good / "sub" / "opt.bin").write_bytes(rng.randbytes(100_000))
-    (good / "small.txt").write_bytes(b"step 10 loss 0.25\n" * 2000)  # compressible: a zstd chunk
+    (good / "model.bin").write_bytes(rng.randbytes(MODEL_SIZE))  # over 1 MiB: a raw chunk of its own
+    (good / "sub" / "opt.bin").write_bytes(rng.randbytes(100_000))  # small: packed with ckptsync.json
+    (good / "small.txt").write_bytes(b"step 10 loss 0.25\n" * 70_000)  # compressible: a zstd chunk
     os.chmod(good / "model.bin", 0o644)
     (good / "ckptsync.json").write_text(json.dumps({"step": 10, "metrics": {"loss": 0.25}}))
     remote = f"file://{remote_dir}"
@@ -166,6 +167,7 @@ def make_world(base: Path) -> World:
     [key] = [p for p in (remote_dir / "manifests").rglob("*.json")]
     doc = json.loads(key.read_bytes())
     assert {c["codec"] for f in doc["files"] for c in f["chunks"]} >= {"raw", "zstd"}
+    assert "offset" in _chunk(doc, "sub/opt.bin") and doc["version"] == 4
     return World(root, remote_dir, remote, target, outside, good, doc)
 
 
@@ -266,7 +268,18 @@ def hostile_cases(w: World) -> list[Case]:
     add("whole-file hash that does not match", lambda d: _file(d, "sub/opt.bin").update(hash="0" * 64), "damaged")
     add(
         "chunk of another file (hash mismatch)",
-        lambda d: _file(d, "sub/opt.bin").update(chunks=[_chunk(d, "model.bin")], size=300_000),
+        lambda d: _file(d, "sub/opt.bin").update(chunks=[_chunk(d, "model.bin")], size=MODEL_SIZE),
+        "damaged",
+    )
+    # -- chunk parts (packed small files)
+    add("part starting past its chunk", lambda d: _chunk(d, "sub/opt.bin").update(offset=_chunk(d, "sub/opt.bin")["size"]))
+    add("part running past its chunk", lambda d: _chunk(d, "sub/opt.bin").update(offset=_chunk(d, "sub/opt.bin")["size"] - 10))
+    add("part of zero length", lambda d: _chunk(d, "sub/opt.bin").update(length=0))
+    add("part with a negative offset", lambda d: _chunk(d, "sub/opt.bin").update(offset=-1))
+    add("part in a version-3 manifest", lambda d: d.update(version=3))
+    add(
+        "part naming another range of the pack",
+        lambda d: _chunk(d, "sub/opt.bin").update(offset=_chunk(d, "sub/opt.bin")["size"] - _chunk(d, "sub/opt.bin")["length"] - 1),
         "damaged",
     )
     # -- chunk objects planted on the remote: a zstd bomb (declares 64 MiB), one with no declared size
@@ -287,7 +300,7 @@ def hostile_cases(w: World) -> list[Case]:
         )
     # -- codecs, versions, kinds, types
     add("unknown codec", lambda d: _chunk(d, "model.bin").update(codec="lz4"))
-    add("byte-grouped codec in a version-1 manifest", lambda d: _chunk(d, "small.txt").update(codec="bg4"))
+    add("byte-grouped codec in a version-2 manifest", lambda d: (_chunk(d, "small.txt").update(codec="bg4"), d.update(version=2)))
     for v in (0, -1, "1", 1.5, None, True):
         add(f"version {v!r}", lambda d, v=v: d.update(version=v))
     add("no version", lambda d: d.pop("version"))
@@ -763,6 +776,8 @@ FIELD_VALUES = {
     "stored": _sizes,
     "mode": st.integers(-1, 0o20000),
     "codec": st.sampled_from(["raw", "zstd", "bg2", "bg4", "bg8", "lz4", "", "RAW"]),
+    "offset": _sizes,
+    "length": _sizes,
     "kind": st.sampled_from(["dir", "file", "symlink", ""]),
     "hosts": st.one_of(st.lists(st.text(max_size=5), max_size=3), json_value),
 }
@@ -776,7 +791,7 @@ def field_value(key: str):
 
 TOP_KEYS = ["format", "version", "name", "kind", "step", "metrics", "created", "host", "commit", "tool", "hash_algorithm", "files", "hosts"]
 FILE_KEYS = ["path", "size", "mode", "hash", "chunks"]
-CHUNK_KEYS = ["hash", "size", "stored", "codec"]
+CHUNK_KEYS = ["hash", "size", "stored", "codec", "offset", "length"]
 
 
 def _valid_doc() -> dict:
@@ -793,6 +808,7 @@ def _valid_doc() -> dict:
         files=(
             fmt.FileEntry("model.bin", 200, 0o644, h, (fmt.ChunkRef(h, 100, 100, "raw"), fmt.ChunkRef(h, 100, 20, "zstd"))),
             fmt.FileEntry("sub/empty", 0, 0o600, h, ()),
+            fmt.FileEntry("sub/part", 50, 0o600, h, (fmt.ChunkRef(h, 100, 100, "raw", 25, 50),)),
         ),
         tool="ckptsync/test",
     )

@@ -20,9 +20,7 @@ def run(server, *args: str, env: dict | None = None, timeout: float = 120) -> su
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CKPTSYNC_"))}
     full_env.update(server.env())
     full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "ckptsync", *args], env=full_env, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, "-m", "ckptsync", *args], env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
 def chunk_keys(server, bucket: str, prefix: str) -> dict[str, str]:
@@ -95,8 +93,8 @@ def test_seaweedfs_garbage_chunk_fails_named_restore_and_latest_falls_back(seawe
     remote = f"s3://{bucket}/run"
     src = tmp_path / "ckpts"
     src.mkdir()
-    make_hf_checkpoint(src, 1, 0.5, params=1 << 16)
-    make_hf_checkpoint(src, 2, 0.4, params=1 << 16)
+    make_hf_checkpoint(src, 1, 0.5, params=1 << 18)  # weights over 1 MiB: chunks of their own
+    make_hf_checkpoint(src, 2, 0.4, params=1 << 18)
     assert run(seaweedfs, "push", "--dir", str(src), "--remote", remote).returncode == 0
 
     client = seaweedfs.client()
@@ -170,7 +168,12 @@ def test_unreachable_endpoint_gives_up_after_the_retry_budget(moto_s3, tmp_path)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     p = run(
-        moto_s3, "list", "--remote", "s3://bucket-x/p", "--retries", "2",
+        moto_s3,
+        "list",
+        "--remote",
+        "s3://bucket-x/p",
+        "--retries",
+        "2",
         env={"CKPTSYNC_ENDPOINT_URL": f"http://127.0.0.1:{port}"},
     )
     assert p.returncode == 1
@@ -208,7 +211,10 @@ def test_no_credentials_is_a_clear_error(moto_s3, tmp_path):
     clean.update(env)
     p = subprocess.run(
         [sys.executable, "-m", "ckptsync", "list", "--remote", "s3://bucket-x/p"],
-        env=clean, capture_output=True, text=True, timeout=60,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert p.returncode == 1
     assert "no AWS credentials found" in p.stderr and "Traceback" not in p.stderr

@@ -187,14 +187,14 @@ def _safetensors(tensors: list[tuple[str, str, np.ndarray]]) -> bytes:
 
 
 def _weights(seed: int) -> bytes:
-    """Float tensors of every width, so that a push uses bg2, bg4 and bg8."""
+    """Float tensors of every width, so that a push uses bg2, bg4 and bg8 (over 1 MiB: not packed)."""
     rng = np.random.default_rng(seed)
-    bf16 = (rng.normal(0, 0.02, 40_000).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    bf16 = (rng.normal(0, 0.02, 200_000).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
     return _safetensors(
         [
             ("a.weight", "BF16", bf16),
-            ("b.weight", "F32", rng.normal(0, 0.02, 20_000).astype(np.float32)),
-            ("c.weight", "F64", rng.normal(0, 0.02, 10_000)),
+            ("b.weight", "F32", rng.normal(0, 0.02, 100_000).astype(np.float32)),
+            ("c.weight", "F64", rng.normal(0, 0.02, 50_000)),
         ]
     )
 
@@ -246,8 +246,10 @@ def test_restore_by_hand_listing_restores_a_pushed_remote(aws_env: None, tmp_pat
         newest = next(r.manifest for r in report.results if r.name == "checkpoint-10")
         codecs = {c.codec for f in newest.files for c in f.chunks}
         assert codecs == set(fmt.CODECS), "the remote must exercise every codec"
-        assert newest.version == 3
+        assert newest.version == 4
         assert any(len(f.chunks) > 1 for f in newest.files)
+        packed = {f.path for f in newest.files if f.chunks and f.chunks[0].is_part}
+        assert {"tiny", "trainer_state.json", "sub/deeper/notes.txt"} <= packed, "small files must be packed into parts"
 
         staged: list[str] = []
         real_mkdir = os.mkdir
@@ -360,10 +362,14 @@ def test_a_codec_newer_than_the_manifest_version_makes_it_invalid_not_newer(aws_
         s3.create_bucket(Bucket=BUCKET)
         report = ckptsync.push(str(ckpts), url)
         newest = next(r.manifest for r in report.results if r.name == "checkpoint-10")
-        assert newest is not None and newest.version == 3
-        bad = json.loads(fmt.encode_manifest(newest))
-        bad.update(version=2, name="checkpoint-99", step=99, commit=fmt.new_commit_id(newest.created, "algo-1"))
-        s3.put_object(Bucket=BUCKET, Key=fmt.manifest_key(PREFIX, bad["name"], bad["commit"]), Body=json.dumps(bad).encode())
+        assert newest is not None and newest.version == 4
+        for version, step in ((2, 99), (3, 98)):  # 2: codecs and parts too new; 3: parts too new
+            bad = json.loads(fmt.encode_manifest(newest))
+            bad.update(version=version, name=f"checkpoint-{step}", step=step, commit=fmt.new_commit_id(newest.created, "algo-1"))
+            with pytest.raises(FormatError, match="needs format version") as e:
+                fmt.decode_manifest(json.dumps(bad).encode())
+            assert not isinstance(e.value, NewerFormatError)
+            s3.put_object(Bucket=BUCKET, Key=fmt.manifest_key(PREFIX, bad["name"], bad["commit"]), Body=json.dumps(bad).encode())
         path = _restore_by_hand()(BUCKET, PREFIX, str(tmp_path / "by-hand"), s3=s3)  # type: ignore[operator]
         assert path == str(tmp_path / "by-hand" / "checkpoint-10") and _files(Path(path)) == _files(source)
         result = restore_mod.restore(open_repository(url), tmp_path / "ckptsync", restore_mod.Selector())

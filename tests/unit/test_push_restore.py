@@ -132,7 +132,7 @@ def _corrupt_one_chunk_of(remote: str, name: str) -> str:
 
 def test_corrupt_chunk_fails_named_restore_and_leaves_dir_untouched(remote, ckdir, tmp_path):
     for step in (1, 2):
-        make_hf_checkpoint(ckdir, step, 0.5, params=1 << 16)
+        make_hf_checkpoint(ckdir, step, 0.5, params=1 << 18)  # weights over 1 MiB: chunks of their own
     ckptsync.push(ckdir, remote)
     digest = _corrupt_one_chunk_of(remote, "checkpoint-2")
     out = tmp_path / "out"
