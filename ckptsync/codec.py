@@ -10,12 +10,26 @@ A chunk is named by the SHA-256 of its raw bytes and stored with one of:
   sign and exponent bits compress well; the low mantissa planes do not, and are
   stored as they are, which is both smaller and much faster than compressing
   them (see docs/FORMAT.md for the object layout).
+- ``bgr2``, ``bgr4``, ``bgr8`` (byte grouping with a rotated top, format
+  version 4): the same object layout, but the top 16 bits of each element are
+  first rotated left by one bit. In IEEE floats that moves the sign bit down
+  to the mantissa and the lowest exponent bit up, so one plane holds the whole
+  exponent of bf16 and fp32 (the 8 high exponent bits of fp64) and the sign
+  joins the incompressible mantissa. This is what :func:`encode` writes.
 
-The choice is made per chunk: a caller that knows the element width (from a
-safetensors header) passes it; otherwise a cheap probe of a sample decides.
-Data that does not compress is detected on the sample and stored raw without
-compressing the whole chunk. hashlib, zstandard and numpy release the GIL on
-large buffers, so these functions run well on worker threads.
+Compressed planes use one of two zstd settings, chosen per plane on a sample:
+level 1, or a fast setting that finds few matches (minimum match 7, a
+64-entry hash table), so that zstd codes a plane of exponents almost entirely
+as Huffman-coded literals. On real weights that is both smaller (close to the
+plane's order-0 entropy, where level 1 spends about 10% more on short matches
+that do not pay) and faster; level 1 still wins where whole runs repeat, as in
+optimizer state.
+
+The choice of codec is made per chunk: a caller that knows the element width
+(from a safetensors header) passes it; otherwise a cheap probe of a sample
+decides. Data that does not compress is detected on the sample and stored raw
+without compressing the whole chunk. hashlib, zstandard and numpy release the
+GIL on large buffers, so these functions run well on worker threads.
 """
 
 from __future__ import annotations
@@ -34,8 +48,13 @@ ZSTD_LEVEL = 1
 # bytes saved do not pay for the CPU spent decompressing on every restore.
 MIN_SAVING = 0.03
 SAMPLE = 64 << 10
-GROUPED = {"bg2": 2, "bg4": 4, "bg8": 8}
+#: Every byte-grouped codec and its element width.
+GROUPED = {"bg2": 2, "bg4": 4, "bg8": 8, "bgr2": 2, "bgr4": 4, "bgr8": 8}
+#: The byte-grouped codecs whose elements have their top 16 bits rotated left by one bit.
+ROTATED = frozenset({"bgr2", "bgr4", "bgr8"})
 _PLANE_RAW, _PLANE_ZSTD = 0, 1
+_U16 = np.dtype("<u2")
+_STRIPS = 8
 
 _local = threading.local()
 
@@ -55,6 +74,28 @@ def _compressor() -> zstandard.ZstdCompressor:
     return c
 
 
+def _literal_compressor() -> zstandard.ZstdCompressor:
+    """zstd tuned to code a plane of exponents as literals: few, long matches only.
+
+    The 1 MiB window keeps every frame within the window bound of the format.
+    """
+    c = getattr(_local, "lctx", None)
+    if c is None:
+        params = zstandard.ZstdCompressionParameters(
+            strategy=zstandard.STRATEGY_FAST,
+            window_log=20,
+            hash_log=6,
+            chain_log=6,
+            search_log=1,
+            min_match=7,
+            target_length=0,
+            write_content_size=True,
+            write_checksum=False,
+        )
+        c = _local.lctx = zstandard.ZstdCompressor(compression_params=params)
+    return c
+
+
 def _pays(stored: int, raw: int) -> bool:
     return stored <= raw * (1 - MIN_SAVING)
 
@@ -71,14 +112,18 @@ def encode(raw: bytes | memoryview, width: int | None = None) -> tuple[str, byte
     n = len(raw)
     if n < 64:
         return "raw", raw
+    # Rotating the top bits pays on IEEE floats (tensors of a known float type);
+    # on probed data it does not (Adam moments: their sign and lowest exponent bit
+    # compress better as byte-grouping leaves them).
+    rotate = width is not None
     if width is None:
         width = _probe(raw)
         if width == 0:
             return "raw", raw  # the sample does not compress in any arrangement
     if width in (2, 4, 8) and n >= 4 * width:
-        stored = _group_encode(raw, width)
+        stored = _group_encode(raw, width, rotate)
         if _pays(len(stored), n):
-            return f"bg{width}", stored
+            return f"bgr{width}" if rotate else f"bg{width}", stored
         return "raw", raw
     packed = _compressor().compress(raw)
     if _pays(len(packed), n):
@@ -93,34 +138,77 @@ def _probe(raw: bytes | memoryview) -> int | None:
     sizes: dict[int | None, int] = {None: len(cctx.compress(sample))}
     for w in (2, 4):
         if len(sample) >= 4 * w:
-            sizes[w] = len(_group_encode(sample, w))
+            sizes[w] = len(_group_encode(sample, w, rotate=False))
     best = min(sizes, key=lambda k: sizes[k])
     return best if _pays(sizes[best], len(sample)) else 0
 
 
-def _planes(raw: bytes | memoryview, width: int) -> tuple[list[np.ndarray], bytes]:
+def _split(raw: bytes | memoryview, width: int, rotate: bool) -> np.ndarray:
+    """The planes as the rows of a ``(width, count)`` array: one transposing copy."""
     count = len(raw) // width
     grid = np.frombuffer(raw, dtype=np.uint8, count=count * width).reshape(count, width)
-    return [grid[:, i] for i in range(width)], bytes(raw[count * width :])
+    planes = np.empty((width, count), dtype=np.uint8)
+    if not rotate:
+        planes[...] = grid.T
+        return planes
+    if width > 2:
+        planes[: width - 2] = grid[:, : width - 2].T
+    # the top 16 bits of each element, as little-endian numbers, rotated left by one bit
+    top = np.frombuffer(raw, dtype=_U16, count=count * width // 2)[width // 2 - 1 :: width // 2]
+    rotated = top << 1
+    rotated |= top >> 15
+    np.copyto(planes[width - 2], rotated, casting="unsafe")  # the low byte
+    rotated >>= 8
+    np.copyto(planes[width - 1], rotated, casting="unsafe")  # the high byte: the exponent of bf16 and fp32
+    return planes
 
 
-def _group_encode(raw: bytes | memoryview, width: int) -> bytes:
-    """Layout: u8 width, then per plane u8 codec + u32le stored length, then the planes, then the tail."""
-    planes, tail = _planes(raw, width)
+def _plane_sample(plane: np.ndarray) -> np.ndarray:
+    """SAMPLE bytes of a plane, taken as strips spread over it.
+
+    A chunk packs several tensors, and a plane that compresses in one of them
+    (an optimizer's second moments have a constant sign) must not be judged by
+    its first tensor alone.
+    """
+    n = len(plane)
+    if n <= SAMPLE:
+        return plane
+    strip = SAMPLE // _STRIPS
+    return np.concatenate([plane[k * (n - strip) // (_STRIPS - 1) :][:strip] for k in range(_STRIPS)])
+
+
+def _pack_plane(row: np.ndarray) -> tuple[int, bytes | memoryview]:
+    """``(kind, body)`` of one plane: compressed with the better setting on a sample, if that pays."""
+    plane, sample = row.data, _plane_sample(row).data
+    literal = _literal_compressor()
+    packed = literal.compress(sample)
+    if not _pays(len(packed), len(sample)):
+        return _PLANE_RAW, plane
+    level = _compressor().compress(sample)
+    cctx = literal
+    if len(level) < len(packed):
+        cctx, packed = _compressor(), level
+    if len(plane) > len(sample):
+        packed = cctx.compress(plane)
+    if _pays(len(packed), len(plane)):
+        return _PLANE_ZSTD, packed
+    return _PLANE_RAW, plane
+
+
+def _group_encode(raw: bytes | memoryview, width: int, rotate: bool = True) -> bytes:
+    """Layout: u8 width, then per plane u8 codec + u32le stored length, then the planes, then the tail.
+
+    ``rotate`` selects the ``bgr<W>`` arrangement (top 16 bits rotated left by
+    one bit); without it the object is a ``bg<W>`` one.
+    """
+    planes = _split(raw, width, rotate)
     header = [struct.pack("<B", width)]
-    bodies = []
-    cctx = _compressor()
+    bodies: list[bytes | memoryview] = []
     for plane in planes:
-        data = np.ascontiguousarray(plane).tobytes()
-        kind, body = _PLANE_RAW, data
-        probe = data[:SAMPLE]
-        if _pays(len(cctx.compress(probe)), len(probe)):
-            packed = cctx.compress(data)
-            if _pays(len(packed), len(data)):
-                kind, body = _PLANE_ZSTD, packed
+        kind, body = _pack_plane(plane)
         header.append(struct.pack("<BI", kind, len(body)))
         bodies.append(body)
-    return b"".join(header) + b"".join(bodies) + tail
+    return b"".join([*header, *bodies, raw[planes.shape[1] * width :]])
 
 
 # ---------------------------------------------------------------- decoding
@@ -137,7 +225,7 @@ def decode(codec: str, stored: bytes, size: int, digest: str) -> bytes:
     elif codec == "zstd":
         raw = _decompress(stored, size, digest)
     elif codec in GROUPED:
-        raw = _group_decode(stored, GROUPED[codec], size, digest)
+        raw = _group_decode(stored, codec, size, digest)
     else:
         raise IntegrityError(f"chunk {digest} has unknown codec {codec!r}", chunk=digest)
     if len(raw) != size:
@@ -162,13 +250,14 @@ def _decompress(stored: bytes | memoryview, size: int, digest: str) -> bytes:
         raise IntegrityError(f"chunk {digest} does not decompress: {exc}", chunk=digest) from None
 
 
-def _group_decode(stored: bytes, width: int, size: int, digest: str) -> bytes:
+def _group_decode(stored: bytes, codec: str, size: int, digest: str) -> bytes:
     bad = IntegrityError(f"chunk {digest} is not a valid byte-grouped object (corrupt object)", chunk=digest)
+    width = GROUPED[codec]
     count, tail_len = divmod(size, width)
     head = 1 + 5 * width
     if len(stored) < head or stored[0] != width:
         raise bad
-    out = np.empty((count, width), dtype=np.uint8)
+    planes: list[np.ndarray] = []
     pos = head
     view = memoryview(stored)
     for i in range(width):
@@ -178,15 +267,37 @@ def _group_decode(stored: bytes, width: int, size: int, digest: str) -> bytes:
         if len(body) != length:
             raise bad
         if kind == _PLANE_RAW:
-            plane = bytes(body)
+            plane: bytes | memoryview = body
         elif kind == _PLANE_ZSTD:
             plane = _decompress(body, count, digest)
         else:
             raise bad
         if len(plane) != count:
             raise bad
-        out[:, i] = np.frombuffer(plane, dtype=np.uint8)
-    tail = bytes(view[pos:])
-    if len(tail) != tail_len:
+        planes.append(np.frombuffer(plane, dtype=np.uint8))
+    if len(stored) - pos != tail_len:
         raise bad
-    return out.tobytes() + tail
+    out = np.empty(size, dtype=np.uint8)
+    _merge(planes, out[: count * width].reshape(count, width), codec in ROTATED)
+    out[count * width :] = np.frombuffer(view[pos:], dtype=np.uint8)
+    return out.tobytes()
+
+
+def _merge(planes: list[np.ndarray], grid: np.ndarray, rotate: bool) -> None:
+    """Interleave the planes into ``grid`` (count × width), undoing the rotation of ``bgr<W>``."""
+    width = len(planes)
+    if not rotate:
+        for i, plane in enumerate(planes):
+            grid[:, i] = plane
+        return
+    for i in range(width - 2):
+        grid[:, i] = planes[i]
+    low, high = planes[width - 2], planes[width - 1]
+    halves = grid.reshape(-1).view(_U16)
+    # the top 16 bits rotated right by one bit: high << 7 | low >> 1 | (low & 1) << 15
+    top = halves if width == 2 else np.empty(len(low), dtype=_U16)
+    np.left_shift(high, 7, out=top, dtype=_U16)
+    top |= low >> 1
+    top |= np.left_shift(low, 15, dtype=_U16)
+    if width > 2:
+        halves[width // 2 - 1 :: width // 2] = top

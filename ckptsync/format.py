@@ -26,9 +26,9 @@ FORMAT_NAME = "ckptsync.manifest"
 #: version 4: chunk parts, several small files packed into one chunk).
 FORMAT_VERSION = 4
 HASH_ALGORITHM = "sha256"
-CODECS = ("raw", "zstd", "bg2", "bg4", "bg8")
-#: Codecs a manifest of each version may use (byte grouping needs version 3).
-CODECS_SINCE = {"raw": 1, "zstd": 1, "bg2": 3, "bg4": 3, "bg8": 3}
+CODECS = ("raw", "zstd", "bg2", "bg4", "bg8", "bgr2", "bgr4", "bgr8")
+#: Codecs a manifest of each version may use (byte grouping needs version 3, rotated byte grouping 4).
+CODECS_SINCE = {"raw": 1, "zstd": 1, "bg2": 3, "bg4": 3, "bg8": 3, "bgr2": 4, "bgr4": 4, "bgr8": 4}
 
 CHUNKS_DIR = "chunks"
 MANIFESTS_DIR = "manifests"

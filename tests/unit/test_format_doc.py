@@ -207,7 +207,10 @@ def _make_checkpoints(root: Path) -> Path:
     # > 4 MiB, not safetensors: one compressible 4 MiB chunk (zstd) and a random tail (raw)
     compressible = b"".join(rnd.choice([b"\x00\x00\x80\x3f", b"\x00\x00\x00\x00", b"\xcd\xcc\x4c\x3e"]) for _ in range(1 << 20))
     (ck / "model.safetensors").write_bytes(compressible + rnd.randbytes(1_500_000))
-    (ck / "weights.safetensors").write_bytes(_weights(10))  # tensor-aligned: bg2, bg4, bg8
+    (ck / "weights.safetensors").write_bytes(_weights(10))  # tensor-aligned: bgr2, bgr4, bgr8
+    floats = np.random.default_rng(11).normal(0, 0.02, 300_000).astype(np.float32)
+    (ck / "optimizer.pt").write_bytes(floats.tobytes())  # probed: bg4
+    (ck / "bf16.bin").write_bytes((floats.view(np.uint32) >> 16).astype(np.uint16).tobytes())  # probed: bg2
     (ck / "empty.bin").write_bytes(b"")
     (ck / "sub" / "deeper" / "notes.txt").write_text("nested file\n" * 50)
     (ck / "trainer_state.json").write_text(json.dumps({"global_step": 10, "log_history": [{"eval_loss": 0.5, "step": 10}]}))
@@ -245,7 +248,8 @@ def test_restore_by_hand_listing_restores_a_pushed_remote(aws_env: None, tmp_pat
         assert [r.status for r in report.results] == ["committed", "committed"]
         newest = next(r.manifest for r in report.results if r.name == "checkpoint-10")
         codecs = {c.codec for f in newest.files for c in f.chunks}
-        assert codecs == set(fmt.CODECS), "the remote must exercise every codec"
+        # every codec today's writer chooses (bg8 is only read: widths of 8 come with rotation)
+        assert codecs == set(fmt.CODECS) - {"bg8"}, "the remote must exercise every codec a writer writes"
         assert newest.version == 4
         assert any(len(f.chunks) > 1 for f in newest.files)
         packed = {f.path for f in newest.files if f.chunks and f.chunks[0].is_part}
@@ -655,9 +659,8 @@ def test_example_bg4_object_decodes_to_its_chunk_with_the_documented_layout() ->
     assert f"`{raw[:4].hex(' ')}` ({np.frombuffer(raw[:4], '<f4')[0]:.8g} as a little-endian fp32)" in _flat()
     assert f"({np.frombuffer(raw[-4:], '<f4')[0]:.5g})" in _flat()
     # the real encoder makes the same choices for these bytes
-    name, again = codec.encode(raw, width)
-    again = bytes(again)
-    assert name == "bg4" and [again[1 + 5 * i] for i in range(width)] == [obj[1 + 5 * i] for i in range(width)]
+    again = bytes(codec._group_encode(raw, width, rotate=False))
+    assert again == obj
 
 
 def _regroup(obj: bytes, planes: list[tuple[int, bytes]], tail: bytes = b"") -> bytes:
@@ -735,8 +738,8 @@ def test_encoder_choices_follow_the_document(monkeypatch: pytest.MonkeyPatch) ->
     # 2. with a width: byte grouping with it, or raw; plain zstd is not tried
     text = b"the same words again and again " * 2000
     assert codec.encode(text)[0] == "zstd"
-    assert codec.encode(text, 4)[0] in ("bg4", "raw")
-    assert codec.encode(rng.normal(0, 0.02, 50_000).tobytes(), 8)[0] == "bg8"
+    assert codec.encode(text, 4)[0] in ("bgr4", "raw")
+    assert codec.encode(rng.normal(0, 0.02, 50_000).tobytes(), 8)[0] == "bgr8"
     # 3. the probe never chooses bg8, even for fp64 data
     assert codec.encode(rng.normal(0, 0.02, 50_000).tobytes())[0] != "bg8"
     # 3. incompressible data: stored raw after a probe of the sample, without compressing the chunk
