@@ -1,4 +1,9 @@
-"""The Python API: the one-shot operations the CLI is built on."""
+"""The Python API: the one-shot operations the CLI is built on.
+
+The modules behind each operation (the upload and restore pipelines, and numpy and
+zstandard under them) are imported by the operation that uses them, so that
+``import ckptsync`` and commands that need none of them start fast.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +13,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import policy
 from .catalog import Checkpoint, group
-from .checkpoint import LocalCheckpoint, check_folder, scan_folder
 from .config import Options
 from .errors import CkptsyncError
 from .repository import ManifestRecord, Repository
-from .restore import RestoreResult, Selector
-from .restore import restore as _restore
 from .store import StoreWrapper, open_remote, parse_remote
-from .upload import Uploader, UploadResult, describe
-from .verify import CheckpointReport
-from .verify import verify as _verify
+
+if TYPE_CHECKING:
+    from .checkpoint import LocalCheckpoint
+    from .restore import RestoreResult
+    from .upload import UploadResult
+    from .verify import CheckpointReport
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,8 @@ def push(
     Each checkpoint is committed only if none of its files changed during its
     upload; chunks already on the remote are not uploaded again.
     """
+    from .checkpoint import check_folder
+
     opts = options or Options()
     folder = check_folder(Path(dir))
     repo = open_repository(remote, opts, wrap=wrap)
@@ -80,6 +88,9 @@ def _push(
     opts: Options,
     progress: Callable[[LocalCheckpoint], Callable[[int], None] | None] | None,
 ) -> PushReport:
+    from .checkpoint import scan_folder
+    from .upload import Uploader, describe
+
     report = PushReport()
     ckpts = scan_folder(folder)
     if not ckpts:
@@ -93,6 +104,7 @@ def _push(
         committed[rec.name].append(rec.manifest)
     ckpts.sort(key=lambda c: (c.score.step is not None, c.score.step or -1, c.name), reverse=True)
     with Uploader(repo, workers=opts.workers, max_memory=opts.max_memory, host=opts.host, hosts=opts.hosts) as up:
+        up.learn(m for ms in committed.values() for m in ms)
         for ckpt in ckpts:
             result = up.upload(ckpt, committed[ckpt.name], progress=progress(ckpt) if progress else None)
             log.log(logging.WARNING if result.status == "changed" else logging.INFO, "%s", describe(result))
@@ -121,6 +133,9 @@ def restore(
     ``metric``, ``mode`` ``"min"``/``"max"``); ``name`` or ``step`` pick one
     checkpoint. A damaged candidate is skipped for the next one unless ``strict``.
     """
+    from .restore import Selector
+    from .restore import restore as _restore
+
     opts = options or Options()
     repo = open_repository(remote, opts, wrap=wrap)
     try:
@@ -158,6 +173,8 @@ def verify(
     progress: Callable[[int], None] | None = None,
 ) -> list[CheckpointReport]:
     """Check that every committed checkpoint's chunks exist (``deep``: and hash right)."""
+    from .verify import verify as _verify
+
     opts = options or Options()
     repo = open_repository(remote, opts, wrap=wrap)
     try:

@@ -24,14 +24,20 @@ from . import __version__, api, logs
 from .config import Options, default_workers
 from .errors import EXIT_ERROR, EXIT_NOTHING, CkptsyncError
 from .format import format_time
-from .progress import ProgressBar
 from .store import RetryPolicy, S3Options
-from .upload import human_bytes
 
 log = logging.getLogger("ckptsync")
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_DIR = "/opt/ml/checkpoints"
+
+
+def human_bytes(n: float) -> str:
+    """:func:`ckptsync.upload.human_bytes`, imported on first use: the upload pipeline
+    pulls in numpy and zstandard, which ``--help`` and most commands never need."""
+    from .upload import human_bytes as _human_bytes
+
+    return _human_bytes(n)
 
 
 def _env(name: str) -> str:
@@ -113,9 +119,15 @@ def remote_options(f: F) -> F:
         _opt("--expected-bucket-owner", metavar="ACCOUNT", help="Fail unless the bucket belongs to this account id."),
         _opt(
             "--checksum",
-            type=click.Choice(["when_supported", "when_required"]),
-            default="when_supported",
-            help="Send CRC checksums with every request, or only when required (some S3-compatible servers reject them).",
+            type=click.Choice(["auto", "when_supported", "when_required"]),
+            default="auto",
+            show_default=True,
+            help=(
+                "CRC32 checks of object bodies. auto: a CRC32 with each upload over HTTPS only (over plain HTTP the "
+                "request signature already covers the body's SHA-256), downloads checked against a stored CRC over "
+                "plain HTTP only (chunks are checked against their SHA-256 anyway); when_supported: both on any "
+                "transport (botocore's default, more CPU); when_required: none, for servers that reject them."
+            ),
         ),
         _opt(
             "--workers",
@@ -269,6 +281,7 @@ def push(dir_: Path, **kw: Any) -> None:
     """
     opts = _options(kw)
     from .config import lower_priority
+    from .progress import ProgressBar
 
     lower_priority(opts.nice)
     bars: list[ProgressBar] = []
@@ -435,6 +448,8 @@ def restore(
     """
     if name is not None and step is not None:
         _fail("--name and --step cannot be combined", "pass one of them", 2)
+    from .progress import ProgressBar
+
     opts = _options(kw)
     bars: list[ProgressBar] = []
 

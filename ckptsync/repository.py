@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
-from . import codec
 from . import format as fmt
 from .errors import FormatError, IntegrityError, NewerFormatError, NotFound, StoreError
 from .store import Store
@@ -98,6 +97,8 @@ class Repository:
             raise
         if len(stored) != ref.stored:
             raise IntegrityError(f"chunk {ref.hash} is {len(stored)} bytes, the manifest says {ref.stored} ({key})", chunk=ref.hash)
+        from . import codec  # here, not at the top: listing and reading manifests need no numpy or zstandard
+
         return codec.decode(ref.codec, stored, ref.size, ref.hash)
 
     # -- manifests
