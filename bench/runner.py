@@ -943,7 +943,14 @@ def write_doc(path: Path, res: dict) -> None:
         "- A run at a reduced `--scale` has smaller checkpoints, where per-process start-up weighs more.",
         "",
     ]
+    # The profile section is written by hand from bench/profile_push.py's output: keep it.
+    old = path.read_text() if path.exists() else ""
+    if PROFILE_HEADING in old:
+        L += [old[old.index(PROFILE_HEADING) :].rstrip("\n"), ""]
     path.write_text("\n".join(L))
+
+
+PROFILE_HEADING = "## What limits ckptsync (profile)"
 
 
 # --------------------------------------------------------------------------- main

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 
 from .store import RetryPolicy, S3Options
@@ -58,3 +59,8 @@ def sagemaker_hosts() -> tuple[str, ...]:
     except ValueError:
         return ()
     return tuple(sorted(h for h in hosts if isinstance(h, str) and h)) if isinstance(hosts, list) else ()
+
+
+def default_host() -> str:
+    """This host's name in manifests: SageMaker's SM_CURRENT_HOST, else the machine's host name."""
+    return os.environ.get("SM_CURRENT_HOST") or socket.gethostname() or "host"

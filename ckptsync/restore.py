@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import logging
 import os
 import secrets
@@ -25,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from . import catalog, codec, crashpoints, locks, policy
+from . import catalog, crashpoints, locks, policy
 from . import format as fmt
+from .config import default_host
 from .errors import IntegrityError, LocalError, NothingToRestore, StoreError, UsageError
 from .fsutil import fsync_dir
 from .repository import ManifestRecord, Repository
-from .upload import default_host
 
 log = logging.getLogger(__name__)
 C = TypeVar("C", bound=policy.HasManifest)
@@ -38,6 +39,9 @@ C = TypeVar("C", bound=policy.HasManifest)
 Progress = Callable[[int], None]
 STAGING_PREFIX = ".ckptsync-staging-"
 _READ_BLOCK = 8 << 20
+# The whole-file hash (format: SHA-256). Chunks are decoded through the repository,
+# which imports the codec (numpy, zstandard) on first use: fetching starts before that.
+_new_file_hasher = hashlib.sha256
 
 
 @dataclass(frozen=True)
@@ -396,7 +400,7 @@ def _fetch_all(
 
 def _verify_files(sinks: list[_Sink], workers: int) -> None:
     def check(sink: _Sink) -> None:
-        h = codec.new_file_hasher()
+        h = _new_file_hasher()
         offset = 0
         while offset < sink.entry.size:
             block = os.pread(sink.fd, min(_READ_BLOCK, sink.entry.size - offset), offset)
@@ -495,7 +499,7 @@ def _is_regular(st: os.stat_result) -> bool:
 
 
 def _hash_file(path: Path) -> str:
-    h = codec.new_file_hasher()
+    h = _new_file_hasher()
     with open(path, "rb", buffering=0) as f:
         while block := f.read(_READ_BLOCK):
             h.update(block)

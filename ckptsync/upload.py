@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -29,7 +28,7 @@ from . import __version__, codec, crashpoints, locks
 from . import format as fmt
 from .checkpoint import LocalCheckpoint, LocalFile
 from .chunking import CHUNK_SIZE, Span, fixed_plan, safetensors_header_length, safetensors_plan
-from .config import lower_priority
+from .config import default_host, lower_priority
 from .errors import CkptsyncError, LocalError, UsageError
 from .repository import Repository, StoredChunk
 
@@ -153,10 +152,6 @@ class _Changed(Exception):
 
 class _Cancelled(Exception):
     pass
-
-
-def default_host() -> str:
-    return os.environ.get("SM_CURRENT_HOST") or socket.gethostname() or "host"
 
 
 class Uploader:
