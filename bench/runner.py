@@ -921,7 +921,7 @@ def write_doc(path: Path, res: dict) -> None:
     L += ["", "## Targets", "", "| # | target | measured | met |", "|---|---|---|---|"]
     for t in res["targets"]:
         met = "–" if t["met"] is None else ("**met**" if t["met"] else "**missed**")
-        L.append(f"| {t['target']} | {t['text']} | {fmt(t['measured'], '.4f' if t['target'] == "4" else '.3f')} ({t['detail']}) | {met} |")
+        L.append(f"| {t['target']} | {t['text']} | {fmt(t['measured'], '.4f' if t['target'] == '4' else '.3f')} ({t['detail']}) | {met} |")
     if not res.get("single"):
         L += ["", "Target 6 (peak RSS on a single 4 GB file) was not measured in this run (`--skip-single`)."]
     L += [
