@@ -44,8 +44,22 @@ def main() -> None:
             for i in range(per):
                 (d / f"shard-{i:03d}.bin").write_bytes(os.urandom(1024))
             (d / "ckptsync.json").write_text(json.dumps({"step": c}))
-        cmd = [sys.executable, "-m", "ckptsync", "watch", "--dir", str(folder), "--remote", f"file://{remote}",
-               "--state-dir", str(state), "--settle", "1", "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ckptsync",
+            "watch",
+            "--dir",
+            str(folder),
+            "--remote",
+            f"file://{remote}",
+            "--state-dir",
+            str(state),
+            "--settle",
+            "1",
+            "--log-level",
+            "warning",
+        ]
         if a.poll:
             cmd.append("--poll")
         proc = subprocess.Popen(cmd)
@@ -69,8 +83,10 @@ def main() -> None:
             proc.wait(30)
     pct = 100.0 * (c1 - c0) / (t1 - t0)
     mode = "polling" if a.poll else "inotify"
-    print(f"idle watch, {a.files} files, {mode}, {t1 - t0:.0f} s: {c1 - c0:.2f} CPU-s = {pct:.2f}% of one core "
-          f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()})")
+    print(
+        f"idle watch, {a.files} files, {mode}, {t1 - t0:.0f} s: {c1 - c0:.2f} CPU-s = {pct:.2f}% of one core "
+        f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()})"
+    )
 
 
 if __name__ == "__main__":

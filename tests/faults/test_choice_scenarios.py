@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+
 from ckptsync import policy
 from tests.faults.scenarios import full_size, record
 from tests.unit.test_policy import rec
@@ -13,14 +14,16 @@ def test_choice_and_retention_under_skew_ties_and_bad_metrics():
     rng = random.Random(14)
     cases = 500 if full_size() else 100
     wrong = 0
-    for case in range(cases):
+    for _ in range(cases):
         n = rng.randint(1, 12)
         recs = []
         for i in range(n):
             step = rng.choice([None, rng.randint(0, 5) * 100])  # equal steps are common
             skew = rng.choice([-3600, 0, 3600])  # a host whose clock is an hour off
             loss = rng.choice([None, math.nan, math.inf, round(rng.random(), 3)])
-            recs.append(rec(f"c{i}", step, created=i * 10 + skew, commit=f"{i:04d}", loss=None if loss is None or not math.isfinite(loss) else loss))
+            recs.append(
+                rec(f"c{i}", step, created=i * 10 + skew, commit=f"{i:04d}", loss=None if loss is None or not math.isfinite(loss) else loss)
+            )
         latest = policy.by_latest(recs)[0]
         with_step = [r for r in recs if r.manifest.step is not None]
         if with_step:  # the highest step wins whatever the clocks say

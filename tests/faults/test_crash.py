@@ -74,7 +74,13 @@ def test_kill_9_during_upload_at_random_points_never_gives_a_partial_restore(set
         # reset to "only checkpoint-1 committed" for the next run
         for m in (remote / "manifests" / "checkpoint-2").glob("*.json") if (remote / "manifests" / "checkpoint-2").exists() else []:
             m.unlink()
-    record(1, "kill -9 during upload at random points, then restore", RUNS, f"{complete}/{RUNS} complete hash-verified restores, 0 partial", complete == RUNS)
+    record(
+        1,
+        "kill -9 during upload at random points, then restore",
+        RUNS,
+        f"{complete}/{RUNS} complete hash-verified restores, 0 partial",
+        complete == RUNS,
+    )
 
 
 def test_kill_between_last_chunk_and_manifest_then_restart_resends_nothing(setup, tmp_path):

@@ -38,8 +38,24 @@ def test_no_command_logs_the_access_key_secret_or_session_token(seaweedfs, tmp_p
         assert p.returncode == 0, (args, p.stderr[-2000:])
         text += p.stdout + p.stderr
     watch = subprocess.Popen(
-        [sys.executable, "-m", "ckptsync", "watch", "--dir", str(src), "--remote", remote, "--state-dir", str(tmp_path / "s"), "--settle", "0.2"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "ckptsync",
+            "watch",
+            "--dir",
+            str(src),
+            "--remote",
+            remote,
+            "--state-dir",
+            str(tmp_path / "s"),
+            "--settle",
+            "0.2",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     for line in watch.stdout:
         text += line
@@ -48,10 +64,18 @@ def test_no_command_logs_the_access_key_secret_or_session_token(seaweedfs, tmp_p
     watch.wait(60)
     # with a session token too (temporary credentials): the token must not appear either
     env_token = dict(env, AWS_SESSION_TOKEN=SESSION_TOKEN)
-    p = subprocess.run([sys.executable, "-m", "ckptsync", "list", "--remote", remote], env=env_token, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "ckptsync", "list", "--remote", remote], env=env_token, capture_output=True, text=True, timeout=60
+    )
     text += p.stdout + p.stderr
     secrets.append(SESSION_TOKEN)
     assert "botocore" in text and "DEBUG" in text  # debug logging really was on
     matches = sum(text.count(s) for s in secrets)
     assert matches == 0
-    record(17, "credentials in logs: every command at debug level, botocore included", len(commands) + 2, f"matches of access key, secret, session token: {matches}", matches == 0)
+    record(
+        17,
+        "credentials in logs: every command at debug level, botocore included",
+        len(commands) + 2,
+        f"matches of access key, secret, session token: {matches}",
+        matches == 0,
+    )

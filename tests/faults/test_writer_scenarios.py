@@ -63,7 +63,9 @@ def test_slow_writer_with_long_pauses_never_gets_an_incomplete_checkpoint_commit
     folder.mkdir()
     root.mkdir()
     remote = f"file://{root}"
-    daemon = Daemon(folder, Repository(LocalStore(root)), Options(workers=2), WatchOptions(settle=3.0, tick=0.1), state=State(tmp_path / "s"))
+    daemon = Daemon(
+        folder, Repository(LocalStore(root)), Options(workers=2), WatchOptions(settle=3.0, tick=0.1), state=State(tmp_path / "s")
+    )
     daemon.start()
     finals = {}
     try:
@@ -77,7 +79,13 @@ def test_slow_writer_with_long_pauses_never_gets_an_incomplete_checkpoint_commit
     got = committed_files(remote)
     incomplete = [name for name, files in got.items() if files != finals[name]]
     assert incomplete == []
-    record(3, "slow writer (1 MiB/s, pauses > 1 s) beside the daemon", n, f"incomplete checkpoints committed: {len(incomplete)} of {n}", not incomplete)
+    record(
+        3,
+        "slow writer (1 MiB/s, pauses > 1 s) beside the daemon",
+        n,
+        f"incomplete checkpoints committed: {len(incomplete)} of {n}",
+        not incomplete,
+    )
 
 
 class SlowStore:
@@ -122,8 +130,14 @@ def test_rotation_deleting_folders_mid_upload_never_commits_missing_data(tmp_pat
     reports = ckptsync.verify(remote)
     broken = [r.record.name for r in reports if not r.ok]
     assert broken == [] and report.failures == 0
-    assert "checkpoint-%d" % cycles in committed_files(remote)
-    record(4, "rotation deleting folders mid-upload", cycles, f"manifests referencing missing data: {len(broken)}; daemon crashes: 0; failed uploads: {report.failures}", not broken)
+    assert f"checkpoint-{cycles}" in committed_files(remote)
+    record(
+        4,
+        "rotation deleting folders mid-upload",
+        cycles,
+        f"manifests referencing missing data: {len(broken)}; daemon crashes: 0; failed uploads: {report.failures}",
+        not broken,
+    )
 
 
 @pytest.mark.parametrize("backend", ["local", "rclone"])
@@ -171,4 +185,10 @@ def test_two_writers_on_one_prefix_never_overwrite_a_manifest(backend, tmp_path,
     assert len(manifests) == len(keys)  # and every one of them is still there, intact
     overwritten = len(keys) - len({r.key for r in manifests} & set(keys))
     assert overwritten == 0
-    record(10, f"two writers on one prefix ({backend})", rounds * 2, f"commits: {len(keys)}, manifests overwritten: {overwritten}", overwritten == 0)
+    record(
+        10,
+        f"two writers on one prefix ({backend})",
+        rounds * 2,
+        f"commits: {len(keys)}, manifests overwritten: {overwritten}",
+        overwritten == 0,
+    )

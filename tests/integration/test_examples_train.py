@@ -30,7 +30,10 @@ def _env() -> dict[str, str]:
 def train(folder: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [sys.executable, str(TRAIN), "--dir", str(folder), "--step-seconds", "0", "--size-mb", "0.05", *args],
-        env=_env(), capture_output=True, text=True, timeout=timeout,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr
     return proc
@@ -106,9 +109,26 @@ def test_resume_is_deterministic(tmp_path):
 def test_sigterm_writes_a_final_checkpoint_and_exits_0(tmp_path):
     ckpt = tmp_path / "ckpt"
     proc = subprocess.Popen(
-        [sys.executable, str(TRAIN), "--dir", str(ckpt), "--steps", "1000000", "--every", "20",
-         "--step-seconds", "0.002", "--size-mb", "0.05", "--keep", "3"],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(TRAIN),
+            "--dir",
+            str(ckpt),
+            "--steps",
+            "1000000",
+            "--every",
+            "20",
+            "--step-seconds",
+            "0.002",
+            "--size-mb",
+            "0.05",
+            "--keep",
+            "3",
+        ],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None

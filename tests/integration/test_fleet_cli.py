@@ -104,8 +104,18 @@ def test_run_writes_the_sync_report_into_sm_output_data_dir(tmp_path):
     out = tmp_path / "output"
     script = "import os, sys; d = sys.argv[1] + '/ck-1'; os.makedirs(d); open(d + '/w.bin', 'wb').write(b'x' * 1000); open(d + '/ckptsync.json', 'w').write('{\"step\": 1}')"
     p = cli(
-        "run", "--dir", str(tmp_path / "ck"), "--remote", f"file://{remote}", "--state-dir", str(tmp_path / "state"),
-        "--", sys.executable, "-c", script, str(tmp_path / "ck"),
+        "run",
+        "--dir",
+        str(tmp_path / "ck"),
+        "--remote",
+        f"file://{remote}",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--",
+        sys.executable,
+        "-c",
+        script,
+        str(tmp_path / "ck"),
         env={"SM_OUTPUT_DATA_DIR": str(out)},
     )
     assert p.returncode == 0, p.stderr

@@ -30,7 +30,7 @@ def test_orbax_commit_success_is_a_signal():
 
 
 def test_plain_folder_is_ready_without_signal_and_marker_can_be_required():
-    assert assess("dir", ["weights.bin"]) .ready
+    assert assess("dir", ["weights.bin"]).ready
     assert assess("dir", ["weights.bin"]).signal is None
     assert not assess("dir", ["weights.bin"], require_marker=True).ready
     assert assess("dir", ["weights.bin", "ckptsync.json"], require_marker=True).ready

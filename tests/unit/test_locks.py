@@ -90,4 +90,3 @@ def test_stale_is_measured_against_the_stores_clock(store, tmp_path):
     mine = locks.Lock(store, "p", "exclusive")
     view = mine.write_and_look()
     assert [o.key for o in view.shared] == [other.key]
-

@@ -19,7 +19,20 @@ def test_file_uri():
 
 @pytest.mark.parametrize(
     "uri",
-    ["", "bucket/prefix", "s3:/bucket", "s3://", "s3://UPPER", "s3://ab", "s3://b_ad/x", "s3://bucket/a/../b", "file://relative/x", "file:relative", "http://x/y", "gs://b/p"],
+    [
+        "",
+        "bucket/prefix",
+        "s3:/bucket",
+        "s3://",
+        "s3://UPPER",
+        "s3://ab",
+        "s3://b_ad/x",
+        "s3://bucket/a/../b",
+        "file://relative/x",
+        "file:relative",
+        "http://x/y",
+        "gs://b/p",
+    ],
 )
 def test_malformed_uris_are_usage_errors_with_a_hint(uri):
     with pytest.raises(UsageError) as e:
