@@ -24,20 +24,13 @@ from . import __version__, api, logs
 from .config import Options, default_workers
 from .errors import EXIT_ERROR, EXIT_NOTHING, CkptsyncError
 from .format import format_time
+from .progress import ProgressBar, human_bytes
 from .store import RetryPolicy, S3Options
 
 log = logging.getLogger("ckptsync")
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_DIR = "/opt/ml/checkpoints"
-
-
-def human_bytes(n: float) -> str:
-    """:func:`ckptsync.upload.human_bytes`, imported on first use: the upload pipeline
-    pulls in numpy and zstandard, which ``--help`` and most commands never need."""
-    from .upload import human_bytes as _human_bytes
-
-    return _human_bytes(n)
 
 
 def _env(name: str) -> str:
@@ -281,7 +274,6 @@ def push(dir_: Path, **kw: Any) -> None:
     """
     opts = _options(kw)
     from .config import lower_priority
-    from .progress import ProgressBar
 
     lower_priority(opts.nice)
     bars: list[ProgressBar] = []
@@ -448,7 +440,6 @@ def restore(
     """
     if name is not None and step is not None:
         _fail("--name and --step cannot be combined", "pass one of them", 2)
-    from .progress import ProgressBar
 
     opts = _options(kw)
     bars: list[ProgressBar] = []

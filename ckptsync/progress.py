@@ -1,4 +1,7 @@
-"""Progress on long work: a bar on a terminal, nothing otherwise (tqdm)."""
+"""Progress on long work: a bar on a terminal, nothing otherwise (tqdm), and byte counts for people.
+
+tqdm is imported by the first bar, so that commands that show none do not pay for it.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,13 @@ import threading
 from collections.abc import Callable
 from types import TracebackType
 
-from tqdm import tqdm
-
 
 class ProgressBar:
     """A thread-safe byte counter shown as a bar when stderr is a terminal."""
 
     def __init__(self, total: int, desc: str, *, enabled: bool | None = None) -> None:
+        from tqdm import tqdm
+
         show = sys.stderr.isatty() if enabled is None else enabled
         self._lock = threading.Lock()
         self._bar = tqdm(
@@ -40,3 +43,11 @@ class ProgressBar:
 
 
 Callback = Callable[[int], None]
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

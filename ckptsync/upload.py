@@ -30,6 +30,7 @@ from .checkpoint import LocalCheckpoint, LocalFile
 from .chunking import CHUNK_SIZE, Span, fixed_plan, safetensors_header_length, safetensors_plan
 from .config import default_host, lower_priority
 from .errors import CkptsyncError, LocalError, UsageError
+from .progress import human_bytes
 from .repository import Repository, StoredChunk
 
 log = logging.getLogger(__name__)
@@ -607,14 +608,6 @@ def describe(result: UploadResult) -> str:
     if result.status == "vanished":
         return f"{result.name} was deleted during upload; skipped"
     return f"{result.name} changed during upload ({result.reason}); not committed"
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 __all__ = ["Uploader", "ChunkIndex", "UploadResult", "UploadStats", "ByteBudget", "describe", "human_bytes", "CkptsyncError"]
