@@ -16,9 +16,9 @@ import types  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 from .api import list_checkpoints, open_repository, push, restore, verify  # noqa: E402
-from .config import Options  # noqa: E402
 from .errors import CkptsyncError, IntegrityError, NothingToRestore, StoreError, UsageError  # noqa: E402
 from .marker import mark  # noqa: E402
+from .options import Options  # noqa: E402
 from .store import RetryPolicy, S3Options  # noqa: E402
 
 if TYPE_CHECKING:

@@ -8,30 +8,25 @@ zstandard under them) are imported by the operation that uses them, so that
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import policy
 from .catalog import Checkpoint, group
-from .config import Options
 from .errors import CkptsyncError
+from .options import Options
 from .repository import ManifestRecord, Repository
 from .store import StoreWrapper, open_remote, parse_remote
 
 if TYPE_CHECKING:
     from .checkpoint import LocalCheckpoint
     from .restore import RestoreResult
-    from .upload import UploadResult
+    from .session import UploadResult
     from .verify import CheckpointReport
 
 log = logging.getLogger(__name__)
-
-#: Multipart uploads and temp files older than this are leftovers of killed writers.
-STALE_WRITES = timedelta(hours=24)
 
 
 def open_repository(remote: str, options: Options | None = None, *, wrap: StoreWrapper | None = None) -> Repository:
@@ -89,24 +84,17 @@ def _push(
     progress: Callable[[LocalCheckpoint], Callable[[int], None] | None] | None,
 ) -> PushReport:
     from .checkpoint import scan_folder
-    from .upload import Uploader, describe
+    from .session import RemoteSession, describe
 
     report = PushReport()
     ckpts = scan_folder(folder)
     if not ckpts:
         log.info("no checkpoints in %s", folder)
         return report
-    cleaned = repo.store.cleanup(repo.prefix + "/" if repo.prefix else "", STALE_WRITES)
-    if cleaned:
-        log.info("removed %d leftovers of interrupted uploads", cleaned)
-    committed: dict[str, list] = defaultdict(list)
-    for rec in repo.load_manifests(names=[c.name for c in ckpts]):
-        committed[rec.name].append(rec.manifest)
     ckpts.sort(key=lambda c: (c.score.step is not None, c.score.step or -1, c.name), reverse=True)
-    with Uploader(repo, workers=opts.workers, max_memory=opts.max_memory, host=opts.host, hosts=opts.hosts) as up:
-        up.learn(m for ms in committed.values() for m in ms)
+    with RemoteSession.open(repo, opts, names=[c.name for c in ckpts]) as session:
         for ckpt in ckpts:
-            result = up.upload(ckpt, committed[ckpt.name], progress=progress(ckpt) if progress else None)
+            result = session.upload(ckpt, progress=progress(ckpt) if progress else None)
             log.log(logging.WARNING if result.status == "changed" else logging.INFO, "%s", describe(result))
             report.results.append(result)
     return report

@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__, api, logs
-from .config import Options, default_workers
 from .errors import EXIT_ERROR, EXIT_NOTHING, CkptsyncError
 from .format import format_time
+from .options import Options, default_workers
 from .progress import ProgressBar, human_bytes
 from .store import RetryPolicy, S3Options
 
@@ -175,10 +175,10 @@ def _options(kw: dict[str, Any]) -> Options:
 
 
 def _hosts(text: str | None) -> tuple[str, ...]:
-    from .config import sagemaker_hosts
+    from . import sagemaker
 
     if text is None:
-        return sagemaker_hosts()
+        return sagemaker.hosts()
     return tuple(sorted({h.strip() for h in text.split(",") if h.strip()}))
 
 
@@ -273,7 +273,7 @@ def push(dir_: Path, **kw: Any) -> None:
     committed, and the exit status is 1.
     """
     opts = _options(kw)
-    from .config import lower_priority
+    from .executor import lower_priority
 
     lower_priority(opts.nice)
     bars: list[ProgressBar] = []
@@ -640,7 +640,7 @@ def watch_options(f: F) -> F:
 
 
 def _watch_options(kw: dict[str, Any], metric: str | None = None, mode: str | None = None) -> Any:
-    from .daemon import WatchOptions
+    from .options import WatchOptions
 
     return WatchOptions(
         retention=_retention(kw, metric, mode),

@@ -8,6 +8,8 @@ process exit code the CLI uses for it, and whether it may heal by itself
 
 from __future__ import annotations
 
+import copy
+
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NOTHING = 3
@@ -26,6 +28,13 @@ class CkptsyncError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def prefixed(self, context: str) -> CkptsyncError:
+        """A copy of this error whose message starts with ``context``; kind, hint and fields stay."""
+        other = copy.copy(self)
+        other.message = f"{context}: {self.message}"
+        other.args = (other.message,)
+        return other
 
 
 class UsageError(CkptsyncError):
@@ -62,6 +71,10 @@ class NotFound(StoreError):
 
 class AlreadyExists(StoreError):
     """A conditional create found the key already taken."""
+
+
+class ObjectTooLarge(StoreError):
+    """An object is larger than the reader allowed (``get(..., max_size=...)``): never read whole."""
 
 
 class FormatError(CkptsyncError):

@@ -220,9 +220,15 @@ def quote_name(name: str) -> str:
     return quote(name, safe="")
 
 
+def host_slug(host: str, keep: str = "._-") -> str:
+    """``host`` as a token for keys and file names: ASCII letters and digits and the
+    characters of ``keep`` stay, anything else becomes ``_``; at most 63 characters, ``host`` if empty."""
+    return "".join(c if (c.isascii() and c.isalnum()) or c in keep else "_" for c in host)[:63] or "host"
+
+
 def new_commit_id(created: datetime, host: str) -> str:
     """A key component that cannot collide: time, host and 64 random bits."""
-    slug = re.sub(r"[^A-Za-z0-9._-]", "_", host)[:63] or "host"
+    slug = host_slug(host)
     stamp = created.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     return f"{stamp}-{slug}-{secrets.token_hex(8)}"
 

@@ -1,4 +1,4 @@
-"""Choosing checkpoints: latest and best orders (pure).
+"""Choosing checkpoints: latest and best orders, restore selection, retention rules (pure).
 
 "Latest" is the highest step, then the newest commit time, then the commit id;
 a checkpoint without a step ranks below every checkpoint with one. "Best"
@@ -66,6 +66,44 @@ def by_best(records: Sequence[T], metric: str, mode: str) -> list[T]:
 
 def metric_names(records: Sequence[HasManifest]) -> list[str]:
     return sorted({k for r in records for k, v in r.manifest.metrics.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which checkpoint to restore: ``latest``, ``best`` (by ``metric``/``mode``), a ``name`` or a ``step``."""
+
+    how: str = "latest"
+    metric: str | None = None
+    mode: str | None = None
+    name: str | None = None
+    step: int | None = None
+
+    def describe(self) -> str:
+        """The request in words, for messages."""
+        if self.name is not None:
+            return f"named {self.name!r}"
+        if self.step is not None:
+            return f"at step {self.step}"
+        return f"best by {self.metric}" if self.how == "best" else "latest"
+
+
+def candidates(records: Sequence[T], sel: Selector) -> list[T]:
+    """The checkpoints ``sel`` asks for, in the order to try them."""
+    if sel.name is not None:
+        return by_latest([r for r in records if r.manifest.name == sel.name])
+    if sel.step is not None:
+        return by_latest([r for r in records if r.manifest.step == sel.step])
+    if sel.how == "best":
+        if not sel.metric:
+            raise UsageError("--best needs a metric", "pass --metric NAME (for example --metric eval_loss)")
+        ranked = by_best(records, sel.metric, infer_mode(sel.metric, sel.mode))
+        if records and not ranked:
+            present = ", ".join(metric_names(records)) or "none"
+            raise UsageError(f"no committed checkpoint has the metric {sel.metric!r}", f"metrics present: {present}")
+        return ranked
+    if sel.how != "latest":
+        raise UsageError(f"unknown selection {sel.how!r}", "use --latest, --best, --name or --step")
+    return by_latest(records)
 
 
 @dataclass(frozen=True)

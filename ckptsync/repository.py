@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from . import format as fmt
-from .errors import FormatError, IntegrityError, NewerFormatError, NotFound, StoreError
+from .errors import FormatError, IntegrityError, NewerFormatError, NotFound, ObjectTooLarge, StoreError
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -89,9 +89,9 @@ class Repository:
             stored = self.store.get(key, max_size=ref.stored)
         except NotFound:
             raise IntegrityError(f"chunk {ref.hash} is missing from the remote ({key})", chunk=ref.hash) from None
+        except ObjectTooLarge:
+            raise IntegrityError(f"chunk {ref.hash} is larger than the manifest says ({key})", chunk=ref.hash) from None
         except StoreError as exc:
-            if not exc.transient and "larger than" in exc.message:
-                raise IntegrityError(f"chunk {ref.hash} is larger than the manifest says ({key})", chunk=ref.hash) from None
             if exc.transient:  # retries exhausted on this one object: treat it as unreadable
                 raise IntegrityError(f"chunk {ref.hash} could not be read ({exc.message})", chunk=ref.hash) from None
             raise

@@ -28,9 +28,9 @@ from typing import TypeVar
 
 from . import catalog, crashpoints, locks, policy
 from . import format as fmt
-from .config import default_host
 from .errors import IntegrityError, LocalError, NothingToRestore, StoreError, UsageError
 from .fsutil import fsync_dir
+from .options import this_host
 from .repository import ManifestRecord, Repository
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def restore(
     one is tried, unless ``strict``. Multi-host checkpoints are candidates only once
     every host committed; this ``host``'s files are restored (``all_hosts``: everyone's).
     """
-    lock = _shared_lock(repo, host or default_host())
+    lock = _shared_lock(repo, host or this_host())
     try:
         return _restore_locked(
             repo, target_dir, sel, strict=strict, workers=workers, progress_factory=progress_factory, host=host, all_hosts=all_hosts
@@ -181,7 +181,7 @@ def _restore_locked(
         return None
     skipped: list[str] = []
     last_error: IntegrityError | None = None
-    me = host or default_host()
+    me = host or this_host()
     for ck in order:
         rec = ck.merged() if all_hosts else ck.for_host(me)
         try:

@@ -21,7 +21,8 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from .daemon import Daemon, DaemonReport
+from .daemon import Daemon
+from .status import DaemonReport
 
 log = logging.getLogger(__name__)
 

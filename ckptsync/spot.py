@@ -1,8 +1,9 @@
 """EC2 spot interruption notices from instance metadata (IMDSv2).
 
 The notice appears at ``/latest/meta-data/spot/instance-action`` about two
-minutes before the instance is reclaimed (404 until then). The endpoint is a
-parameter so tests can serve it from a local HTTP server.
+minutes before the instance is reclaimed (404 until then). The endpoint
+(``--imds-endpoint``, normally ``http://169.254.169.254``) is a parameter, so
+tests can serve it from a local HTTP server.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ENDPOINT = "http://169.254.169.254"
 TOKEN_TTL = 21600
 
 
@@ -27,7 +27,7 @@ class SpotNoticePoller(threading.Thread):
         self,
         on_notice: Callable[[str], None],
         *,
-        endpoint: str = DEFAULT_ENDPOINT,
+        endpoint: str,
         interval: float = 5.0,
         timeout: float = 2.0,
         clock: Callable[[], float] = time.monotonic,

@@ -17,8 +17,9 @@ from typing import Any
 
 from .checkpoint import LocalCheckpoint
 from .fsutil import write_json_atomic
+from .status import Status
 
-__all__ = ["State", "write_json_atomic", "read_json", "default_state_dir", "default_state_root"]
+__all__ = ["State", "read_json", "read_status", "default_state_dir", "default_state_root"]
 
 COMMITTED_FILE = "committed.json"
 STATUS_FILE = "status.json"
@@ -84,8 +85,14 @@ class State:
             for name in [n for n in self._committed if n not in names]:
                 del self._committed[name]
 
-    def write_status(self, doc: dict[str, Any]) -> None:
+    def write_status(self, status: Status) -> None:
+        """Write the daemon's status file (not fsynced: it is rewritten every few seconds)."""
         try:
-            write_json_atomic(self.folder / STATUS_FILE, doc, durable=False)
+            write_json_atomic(self.folder / STATUS_FILE, status.to_json(), durable=False)
         except OSError:
             pass
+
+
+def read_status(folder: Path) -> Status | None:
+    """The status file of the state folder ``folder``, or None if there is none (or it is unreadable)."""
+    return Status.from_json(read_json(folder / STATUS_FILE))

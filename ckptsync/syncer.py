@@ -10,11 +10,12 @@ from types import TracebackType
 from typing import Any
 
 from .api import open_repository
-from .config import Options
-from .daemon import Daemon, DaemonReport, WatchOptions
+from .daemon import Daemon
 from .errors import UsageError
+from .options import Options, WatchOptions
 from .policy import Retention
 from .state import State, default_state_dir
+from .status import DaemonReport, Status
 from .store import S3Options
 
 _S3 = {f.name for f in fields(S3Options)}
@@ -67,8 +68,8 @@ class Syncer:
         self.daemon.start()
         return self
 
-    def status(self) -> dict[str, Any]:
-        """The daemon's status (as ``ckptsync status --json`` shows it)."""
+    def status(self) -> Status:
+        """The daemon's status (what ``ckptsync status`` shows)."""
         if self.daemon is None:
             raise UsageError("the Syncer is not started")
         return self.daemon.status()

@@ -9,7 +9,9 @@ never interprets them beyond mapping them to its own namespace. Contracts:
   :class:`~ckptsync.errors.AlreadyExists` otherwise. A server that ignores
   conditional writes (``conditional_writes`` is False) may overwrite instead:
   callers must choose keys that cannot collide.
-- ``get`` returns the whole object or raises :class:`~ckptsync.errors.NotFound`.
+- ``get`` returns the whole object or raises :class:`~ckptsync.errors.NotFound`;
+  with ``max_size``, an object larger than that raises
+  :class:`~ckptsync.errors.ObjectTooLarge` without being read whole.
 - ``list`` returns every object whose key starts with ``prefix``, in any order.
 - ``delete`` is idempotent: deleting a missing key is not an error.
 - Every failure is a :class:`~ckptsync.errors.StoreError` whose ``transient``

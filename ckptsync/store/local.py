@@ -1,22 +1,21 @@
 """A store in a local (or mounted) folder: ``file:///abs/path``.
 
-Writes go to a hidden temp file in the target folder, are fsynced, then
-renamed (``put``) or hard-linked (``put_if_absent``, which makes the create
-atomic and exclusive), and the folder is fsynced, as Litestream's file replica
-does. A temp file is removed on error.
+Writes go through :func:`ckptsync.fsutil.write_atomic`: a hidden temp file in
+the target folder, fsynced, then renamed (``put``) or hard-linked
+(``put_if_absent``, which makes the create atomic and exclusive), and the folder
+fsynced.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import secrets
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from ..errors import AlreadyExists, NotFound, StoreError
-from ..fsutil import fsync_dir
+from ..errors import AlreadyExists, NotFound, ObjectTooLarge, StoreError
+from ..fsutil import write_atomic
 from .base import ObjectInfo
 
 _TMP_MARK = ".ckptsync-tmp-"
@@ -51,32 +50,13 @@ class LocalStore:
         path = self._path(key)
         if not self.root.is_dir():
             raise StoreError(f"local store folder {self.root} does not exist", "create it first, or check the file:// URI", key=key)
-        tmp = path.with_name(f"{_TMP_MARK}{path.name}.{secrets.token_hex(6)}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_atomic(path, data, prefix=f"{_TMP_MARK}{path.name}.", exclusive=exclusive, mode=0o644)
+        except FileExistsError as exc:
             if exclusive:
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    raise AlreadyExists(f"object {key} already exists", key=key) from None
-                finally:
-                    _unlink_quietly(tmp)
-            else:
-                os.replace(tmp, path)
-            fsync_dir(path.parent)
-        except (AlreadyExists, StoreError):
-            raise
+                raise AlreadyExists(f"object {key} already exists", key=key) from None
+            raise _os_error("write", key, exc) from None
         except OSError as exc:
-            _unlink_quietly(tmp)
             raise _os_error("write", key, exc) from None
 
     # -- reads
@@ -86,7 +66,7 @@ class LocalStore:
         try:
             with open(path, "rb") as f:
                 if max_size is not None and os.fstat(f.fileno()).st_size > max_size:
-                    raise StoreError(f"object {key} is larger than {max_size} bytes", key=key)
+                    raise ObjectTooLarge(f"object {key} is larger than {max_size} bytes", key=key)
                 return f.read()
         except FileNotFoundError:
             raise NotFound(f"object {key} not found", key=key) from None
@@ -151,13 +131,6 @@ class LocalStore:
         return removed
 
     def close(self) -> None:
-        pass
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
         pass
 
 

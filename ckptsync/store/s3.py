@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ..errors import AlreadyExists, NotFound, StoreError, UsageError
+from ..errors import AlreadyExists, NotFound, ObjectTooLarge, StoreError, UsageError
 from ..logs import register_secret
 from .base import ObjectInfo
 
@@ -205,12 +205,12 @@ class S3Store:
             body = resp["Body"]
             try:
                 if max_size is not None and length is not None and length > max_size:
-                    raise StoreError(f"object {key} is {length} bytes, more than the {max_size} allowed", key=key)
+                    raise ObjectTooLarge(f"object {key} is {length} bytes, more than the {max_size} allowed", key=key)
                 data: bytes = body.read() if max_size is None else body.read(max_size + 1)
             finally:
                 body.close()
             if max_size is not None and len(data) > max_size:
-                raise StoreError(f"object {key} is larger than {max_size} bytes", key=key)
+                raise ObjectTooLarge(f"object {key} is larger than {max_size} bytes", key=key)
             if length is not None and len(data) != length:
                 raise StoreError(f"short read of {key}: {len(data)} of {length} bytes", key=key, transient=True)
             return data

@@ -43,8 +43,8 @@ from ckptsync.completion import SIDECAR_SUFFIX, is_checkpoint_name
 from ckptsync.errors import FormatError
 from ckptsync.repository import Repository
 from ckptsync.restore import STAGING_PREFIX
+from ckptsync.session import RemoteSession
 from ckptsync.store import LocalStore, RetryingStore
-from ckptsync.upload import Uploader
 from tests.faults.scenarios import full_size, record
 from tests.helpers import listing, safetensors_bytes, tree
 
@@ -700,7 +700,7 @@ def test_s19_any_tree_round_trips_byte_identical_through_push_and_restore():
 
 def test_s19_chunk_boundaries_round_trip_with_a_small_chunk_size():
     """The same property with chunks of a few bytes to a few KiB, so every size lands on, just before and just after
-    a chunk boundary without writing megabytes (Uploader's chunk_size; restore knows no chunk size)."""
+    a chunk boundary without writing megabytes (the session's chunk_size; restore knows no chunk size)."""
 
     @settings(
         max_examples=SMALL_CHUNK_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=not FULL
@@ -719,7 +719,7 @@ def test_s19_chunk_boundaries_round_trip_with_a_small_chunk_size():
 
         def push(src: Path, remote: str) -> None:
             repo = Repository(RetryingStore(LocalStore(Path(remote[len("file://") :]))))
-            with Uploader(repo, workers=2, chunk_size=chunk) as up:
+            with RemoteSession(repo, workers=2, chunk_size=chunk) as up:
                 for ck in ("c",):
                     res = up.upload(scan_entry(src / ck))
                     assert res.status == "committed", res

@@ -13,12 +13,12 @@ import pytest
 
 import ckptsync
 from ckptsync.checkpoint import scan_entry
-from ckptsync.config import Options
-from ckptsync.daemon import Daemon, WatchOptions
+from ckptsync.daemon import Daemon
+from ckptsync.options import Options, WatchOptions
 from ckptsync.repository import Repository
+from ckptsync.session import RemoteSession
 from ckptsync.state import State
 from ckptsync.store import LocalStore, RetryingStore, S3Options, S3Store
-from ckptsync.upload import Uploader
 from tests.faults.scenarios import full_size, record
 
 
@@ -162,7 +162,7 @@ def test_two_writers_on_one_prefix_never_overwrite_a_manifest(backend, tmp_path,
         stores = [RetryingStore(S3Store(bucket, S3Options(endpoint_url=server.endpoint_url))) for _ in range(2)]
         remote = f"s3://{bucket}"
         opts = Options(s3=S3Options(endpoint_url=server.endpoint_url))
-    uploaders = [Uploader(Repository(s), workers=2, host="same-host") for s in stores]
+    uploaders = [RemoteSession(Repository(s), workers=2, host="same-host") for s in stores]
     barrier = threading.Barrier(2)
 
     def writer(i: int) -> list[str]:

@@ -1155,7 +1155,7 @@ def test_file_moved_into_place_is_uploaded_while_training(tmp_path: Path, remote
     with ckptsync.Syncer(ckpts, remote, state_dir=tmp_path / "state", **FAST) as syncer:
         path = ns["save_checkpoint"]({"step": 5, "weight": os.urandom(20000)}, str(ckpts), 5, {"loss": 0.5})
         committed = wait_until(lambda: recorder.named(path.name), timeout=3.0)  # settle is 0.5 s
-        pending = syncer.status()["pending"]
+        pending = syncer.status().pending
     assert committed, f"{path.name} not committed 3 s after it was written and marked, while training ran: {pending}"
 
 

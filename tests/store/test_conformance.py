@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptsync.errors import AlreadyExists, NotFound, StoreError
+from ckptsync.errors import AlreadyExists, NotFound, ObjectTooLarge, StoreError
 from ckptsync.store import LocalStore, S3Options, S3Store
 
 
@@ -79,7 +79,7 @@ def test_get_missing_raises_not_found(store):
 def test_get_with_max_size_refuses_larger_objects(store):
     store.put("p/big", b"x" * 1000)
     assert store.get("p/big", max_size=1000) == b"x" * 1000
-    with pytest.raises(StoreError) as e:
+    with pytest.raises(ObjectTooLarge) as e:
         store.get("p/big", max_size=999)
     assert not e.value.transient
 

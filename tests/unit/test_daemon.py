@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import ckptsync
-from ckptsync.config import Options
-from ckptsync.daemon import Daemon, WatchOptions
+from ckptsync.daemon import Daemon
 from ckptsync.errors import StoreError
+from ckptsync.options import Options, WatchOptions
 from ckptsync.repository import Repository
 from ckptsync.state import State
 from ckptsync.store import LocalStore, RetryingStore, RetryPolicy
@@ -85,7 +85,7 @@ def test_incomplete_hf_folder_is_never_committed_until_trainer_state_appears(env
     d.mkdir()
     (d / "model.safetensors").write_bytes(os.urandom(1000))
     (d / "optimizer.pt").write_bytes(os.urandom(1000))
-    wait_until(lambda: env.daemon.status()["pending"].get("checkpoint-5") == "waiting for trainer_state.json")
+    wait_until(lambda: env.daemon.status().pending.get("checkpoint-5") == "waiting for trainer_state.json")
     assert env.names() == []
     (d / "trainer_state.json").write_text('{"global_step": 5}')
     wait_until(lambda: env.names() == ["checkpoint-5"])
@@ -130,7 +130,7 @@ def test_restart_recognises_committed_checkpoints_from_the_state_without_reading
     os.open = spy
     try:
         again.start()
-        wait_until(lambda: again.status()["pending"] == {} and again.status()["queue"] == [] and again.status()["in_flight"] is None)
+        wait_until(lambda: again.status().pending == {} and again.status().queue == [] and again.status().in_flight is None)
         again.drain(deadline=time.monotonic() + 5)
         report = again.wait(10)
     finally:
@@ -165,7 +165,7 @@ def test_transient_remote_errors_are_retried_later_and_the_daemon_keeps_running(
     e.daemon.start()
     wait_until(lambda: e.daemon.report.failures >= 2, what="two failed upload attempts")
     assert not e.daemon.stopped and e.names() == []
-    assert "checkpoint-1: 503 SlowDown" in e.daemon.status()["errors"][-1]
+    assert "checkpoint-1: 503 SlowDown" in e.daemon.status().errors[-1]
     e.store.failing.clear()
     wait_until(lambda: e.names() == ["checkpoint-1"], what="commit after recovery")
     report = e.stop()
@@ -197,7 +197,7 @@ def test_checkpoint_deleted_during_upload_is_dropped_and_others_continue(tmp_pat
     assert e.store.started.wait(10)
     shutil.rmtree(victim)
     e.store.gate.set()
-    wait_until(lambda: "checkpoint-1" not in e.daemon.status()["pending"] and e.daemon.status()["in_flight"] is None)
+    wait_until(lambda: "checkpoint-1" not in e.daemon.status().pending and e.daemon.status().in_flight is None)
     write_marked(e.folder, "checkpoint-2", 2)
     wait_until(lambda: e.names() == ["checkpoint-2"])
     report = e.stop()
@@ -236,9 +236,9 @@ def test_status_reports_state_queue_and_last_commit(env):
     write_marked(env.folder, "checkpoint-1", 1)
     env.daemon.start()
     wait_until(lambda: env.names() == ["checkpoint-1"])
-    wait_until(lambda: (env.daemon.status()["last_commit"] or {}).get("name") == "checkpoint-1")
+    wait_until(lambda: env.daemon.status().last_commit is not None and env.daemon.status().last_commit.name == "checkpoint-1")
     st = env.daemon.status()
-    assert st["state"] == "watching" and st["committed"] == 1 and st["lag_seconds"] == 0.0
+    assert st.state == "watching" and st.committed == 1 and st.lag_seconds == 0.0
     wait_until(lambda: (env.state.folder / "status.json").exists())
 
 
@@ -251,6 +251,6 @@ def test_restore_then_daemon_does_not_upload_the_restored_checkpoint_again(tmp_p
     result = ckptsync.restore(e.remote, e.folder)
     assert tree(result.path) == tree(src / "checkpoint-3")
     e.daemon.start()
-    wait_until(lambda: e.daemon.status()["pending"] == {} and e.daemon.status()["in_flight"] is None and e.daemon.status()["queue"] == [])
+    wait_until(lambda: e.daemon.status().pending == {} and e.daemon.status().in_flight is None and e.daemon.status().queue == [])
     report = e.stop()
     assert report.committed == [] and len(ckptsync.list_checkpoints(e.remote)) == 1

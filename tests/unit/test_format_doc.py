@@ -39,11 +39,12 @@ from moto import mock_aws
 import ckptsync
 from ckptsync import catalog, chunking, codec, locks, policy
 from ckptsync import format as fmt
-from ckptsync.api import STALE_WRITES, open_repository
+from ckptsync.api import open_repository
 from ckptsync.chunking import CHUNK_SIZE
 from ckptsync.errors import FormatError, IntegrityError, NewerFormatError, UsageError
 from ckptsync.repository import ManifestRecord, Repository
 from ckptsync.restore import STAGING_PREFIX
+from ckptsync.session import STALE_WRITES
 from ckptsync.store import ObjectInfo
 from ckptsync.store.local import LocalStore
 
@@ -798,9 +799,10 @@ def test_lock_timings_match_the_code() -> None:
     # the CLI's --grace default and the daemon's leftover age are the documented ones
     [grace] = [p for p in cli.prune.params if p.name == "grace"]
     assert cli._duration(grace.default) == prune_mod.DEFAULT_GRACE
-    from ckptsync.daemon import Daemon
+    # push and the daemon both clean leftovers through the session, with the one constant
+    from ckptsync.session import RemoteSession
 
-    assert "timedelta(hours=24)" in inspect.getsource(Daemon._open_remote) and STALE_WRITES == timedelta(hours=24)
+    assert "STALE_WRITES" in inspect.getsource(RemoteSession.clean_stale_writes) and STALE_WRITES == timedelta(hours=24)
 
 
 def test_lock_keys_bodies_and_generation_are_as_documented(tmp_path: Path) -> None:
@@ -875,9 +877,9 @@ def test_recheck_counts_every_gap_between_lock_writes_on_a_clock_that_counts_sus
     clock[0] += 1
     assert not lock.fresh(), "a gap in the middle must trigger the check before commit"
     # the re-check before commit waits for a running collection, then measures afresh
-    from ckptsync.upload import Uploader
+    from ckptsync.session import RemoteSession
 
-    source = inspect.getsource(Uploader._still_stored)
+    source = inspect.getsource(RemoteSession._still_stored)
     assert "locks.wait_for_collection(lock)" in source and "lock.max_gap = 0.0" in source
 
 

@@ -7,8 +7,8 @@ import os
 import pytest
 
 import ckptsync
-from ckptsync.config import Options
 from ckptsync.errors import UsageError
+from ckptsync.options import Options
 from tests.helpers import tree
 
 HOSTS = ("algo-1", "algo-2", "algo-3")

@@ -13,9 +13,11 @@ import ckptsync
 from ckptsync import format as fmt
 from ckptsync.checkpoint import scan_folder
 from ckptsync.errors import FormatError, IntegrityError
+from ckptsync.packing import PACK_TARGET, SMALL_FILE
 from ckptsync.repository import Repository
+from ckptsync.session import RemoteSession
 from ckptsync.store import LocalStore
-from ckptsync.upload import PACK_TARGET, SMALL_FILE, Uploader
+from ckptsync.upload import Uploader, UploadStats
 from tests.helpers import tree
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "FORMAT.md"
@@ -114,9 +116,9 @@ def test_a_new_process_packs_the_same_files_into_the_same_chunk(remote: str, tmp
     repo = Repository(LocalStore(Path(remote[len("file://") :])))
     [ckpt] = scan_folder(tmp_path / "ckpts")
     with Uploader(repo) as up:
-        first = up._store_files(ckpt, ckptsync.upload.UploadStats(), None, __import__("threading").Event())  # chunks only, no commit
-    with Uploader(repo) as up:
-        result = up.upload(ckpt)
+        first = up.store(ckpt, UploadStats())  # chunks only, no commit
+    with RemoteSession(repo) as session:
+        result = session.upload(ckpt)
     assert result.status == "committed" and result.stats.chunks_uploaded == 0
     assert result.manifest is not None and list(result.manifest.files) == first
     assert tree(ckptsync.restore(remote, tmp_path / "out").path) == tree(src)  # type: ignore[union-attr]
@@ -132,9 +134,9 @@ def test_a_budget_smaller_than_a_pack_neither_deadlocks_nor_leaks(remote: str, t
     (d / "z-large.bin").write_bytes(os.urandom(5 << 20))
     repo = Repository(LocalStore(Path(remote[len("file://") :])))
     [ckpt] = scan_folder(tmp_path / "ckpts")
-    with Uploader(repo, max_memory=max_memory, workers=2) as up:
-        assert up.upload(ckpt).status == "committed"
-        assert up.budget.used == 0
+    with RemoteSession(repo, max_memory=max_memory, workers=2) as session:
+        assert session.upload(ckpt).status == "committed"
+        assert session.uploader.executor.budget.used == 0
     assert tree(ckptsync.restore(remote, tmp_path / "out").path) == tree(d)  # type: ignore[union-attr]
 
 
@@ -148,11 +150,11 @@ def test_a_failing_store_returns_every_packed_byte_to_the_budget(remote: str, tm
         calls.append(digest)
         raise OSError("disk on fire")
 
-    with Uploader(repo, workers=2) as up:
-        up.repo.put_chunk = broken  # type: ignore[method-assign]
+    with RemoteSession(repo, workers=2) as session:
+        session.repo.put_chunk = broken  # type: ignore[method-assign]
         with pytest.raises(OSError, match="disk on fire"):
-            up.upload(ckpt)
-        assert calls and up.budget.used == 0
+            session.upload(ckpt)
+        assert calls and session.uploader.executor.budget.used == 0
     assert not list(Path(remote[len("file://") :]).rglob("*.json")), "nothing may be committed"
     assert src.exists()
 

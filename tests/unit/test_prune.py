@@ -16,7 +16,7 @@ from ckptsync.api import open_repository
 from ckptsync.checkpoint import scan_entry
 from ckptsync.errors import UsageError
 from ckptsync.prune import prune
-from ckptsync.upload import Uploader
+from ckptsync.session import RemoteSession
 from tests.helpers import tree
 from tests.unit.test_policy import rec
 
@@ -157,7 +157,7 @@ def test_a_prune_racing_an_upload_never_breaks_the_uploaded_checkpoint(tmp_path,
 
     up_repo = open_repository(remote, wrap=Pausing)
     results = []
-    uploader = Uploader(up_repo, workers=1)
+    uploader = RemoteSession(up_repo, workers=1)
     t = threading.Thread(target=lambda: results.append(uploader.upload(scan_entry(src / "checkpoint-6"))))
     t.start()
     assert stored.wait(10)

@@ -1,0 +1,247 @@
+"""A session with one remote, shared by ``push`` and the daemon: what is committed, and the commit.
+
+:meth:`RemoteSession.open` removes leftovers of uploads killed long ago and
+reads the committed manifests; :meth:`RemoteSession.upload` then takes one
+checkpoint from the local folder to a commit:
+
+1. hold a *shared* lock on the remote (no chunk collection meanwhile, see
+   :mod:`ckptsync.locks`) and, if a collection ran since the chunks were last
+   listed, list them again;
+2. store every chunk (:class:`~ckptsync.upload.Uploader`);
+3. if the lock may have looked stale meanwhile (a long pause), check that the
+   chunks survived; if a file changed under the reader, commit nothing;
+4. decide (:mod:`ckptsync.commit`) and write the manifest with a conditional
+   create: the commit point.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Literal
+
+from . import crashpoints, locks
+from . import format as fmt
+from ._version import __version__
+from .checkpoint import LocalCheckpoint
+from .chunking import CHUNK_SIZE
+from .commit import build_manifest, find_equivalent
+from .errors import StoreError, UsageError
+from .options import Options, this_host
+from .packing import Cancelled
+from .policy import Retention
+from .progress import human_bytes
+from .prune import PruneReport, prune
+from .repository import Repository
+from .upload import Changed, ChunkIndex, Progress, Uploader, UploadStats, Vanished
+
+log = logging.getLogger(__name__)
+
+#: Multipart uploads and temp files older than this are leftovers of killed writers.
+STALE_WRITES = timedelta(hours=24)
+
+#: What became of one checkpoint: committed; unchanged (an equal commit exists); changed (modified
+#: during upload, not committed); vanished (deleted); cancelled (stopped before it finished).
+UploadStatus = Literal["committed", "unchanged", "changed", "vanished", "cancelled"]
+
+
+@dataclass
+class UploadResult:
+    """What became of one checkpoint, and the manifest that commits it (new or equal)."""
+
+    name: str
+    status: UploadStatus
+    reason: str = ""
+    key: str | None = None
+    manifest: fmt.Manifest | None = None
+    stats: UploadStats = field(default_factory=UploadStats)
+
+
+class RemoteSession:
+    """Uploads and commits checkpoints into one repository, for one host of a job.
+
+    Thread-safe for one checkpoint at a time; the workers and the byte budget
+    are shared by every checkpoint of the session.
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        workers: int = 4,
+        max_memory: int = 32 << 20,
+        host: str | None = None,
+        hosts: Iterable[str] = (),
+        nice: int = 0,
+        chunk_size: int = CHUNK_SIZE,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
+        self.repo = repo
+        self.host = host or this_host()
+        job = set(hosts)
+        # A one-host set is a single-host job: written as such (format version 1).
+        self.hosts = tuple(sorted(job)) if len(job) > 1 else ()
+        if self.hosts and self.host not in self.hosts:
+            raise UsageError(
+                f"this host {self.host!r} is not among the job's hosts ({', '.join(self.hosts)})",
+                "check --host and --hosts (or SM_CURRENT_HOST and SM_HOSTS)",
+            )
+        self.clock = clock
+        self.uploader = Uploader(repo, ChunkIndex(), workers=workers, max_memory=max_memory, nice=nice, chunk_size=chunk_size)
+        #: Committed manifests by checkpoint name (those read at open, and every commit since).
+        self.committed: dict[str, list[fmt.Manifest]] = defaultdict(list)
+        # The chunk index is (re)built from one listing whenever the remote's chunk
+        # collection generation differs from the one it was built under.
+        self._generation: str | None = "unlisted"
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, repo: Repository, options: Options, *, names: Iterable[str] | None = None) -> RemoteSession:
+        """A session on ``repo`` that knows the committed manifests (of ``names`` only, if given)."""
+        session = cls(
+            repo, workers=options.workers, max_memory=options.max_memory, host=options.host, hosts=options.hosts, nice=options.nice
+        )
+        try:
+            session.clean_stale_writes()
+            session.learn(rec.manifest for rec in repo.load_manifests(names=names))
+        except BaseException:
+            session.close()
+            raise
+        log.info("remote %s: %d committed checkpoints", repo.url, sum(map(len, session.committed.values())))
+        return session
+
+    def clean_stale_writes(self) -> None:
+        """Remove what writers killed long ago left (temp files, multipart uploads); best effort."""
+        try:
+            removed = self.repo.store.cleanup(self.repo.prefix + "/" if self.repo.prefix else "", STALE_WRITES)
+        except StoreError as exc:
+            log.info("skipped removing leftovers of interrupted uploads: %s", exc.message)
+            return
+        if removed:
+            log.info("removed %d leftovers of interrupted uploads", removed)
+
+    def learn(self, manifests: Iterable[fmt.Manifest]) -> None:
+        """Record committed manifests: equal content is not committed again, packed files keep their parts."""
+        manifests = list(manifests)
+        with self._lock:
+            for m in manifests:
+                self.committed[m.name].append(m)
+        self.uploader.learn(manifests)
+
+    def forget(self, names: Iterable[str]) -> None:
+        """Drop what is known of checkpoints deleted from the remote."""
+        with self._lock:
+            for name in names:
+                self.committed.pop(name, None)
+
+    def close(self) -> None:
+        self.uploader.close()
+
+    def __enter__(self) -> RemoteSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- one checkpoint
+
+    def upload(self, ckpt: LocalCheckpoint, *, progress: Progress | None = None, cancel: threading.Event | None = None) -> UploadResult:
+        """Store every chunk of ``ckpt``, then commit its manifest unless an equal one is
+        committed or a file changed meanwhile.
+
+        Setting ``cancel`` stops the upload between chunks; it then ends as
+        ``cancelled`` and nothing is committed (chunks already stored stay).
+        """
+        lock = self._lock_remote()
+        try:
+            return self._upload_locked(ckpt, lock, progress, cancel)
+        finally:
+            lock.release()
+
+    def _lock_remote(self) -> locks.Lock:
+        """Hold a shared lock (no chunk collection meanwhile) and make the chunk index current."""
+        lock, view = locks.acquire_shared(self.repo.store, self.repo.prefix, host=self.host)
+        if view.generation != self._generation:
+            try:
+                self.uploader.index.reset(self.repo.list_chunks().values())
+            except BaseException:
+                lock.release()
+                raise
+            self._generation = view.generation
+        return lock
+
+    def _upload_locked(
+        self, ckpt: LocalCheckpoint, lock: locks.Lock, progress: Progress | None, cancel: threading.Event | None
+    ) -> UploadResult:
+        started = time.monotonic()
+        stats = UploadStats(files=len(ckpt.files))
+        try:
+            entries = self.uploader.store(ckpt, stats, progress, cancel)
+        except Cancelled:
+            return UploadResult(ckpt.name, "cancelled", "stopped before it finished", stats=stats)
+        except Vanished as exc:
+            return UploadResult(ckpt.name, "vanished", str(exc) or "it was deleted during upload", stats=stats)
+        except Changed as exc:
+            return UploadResult(ckpt.name, "changed", str(exc), stats=stats)
+        if not lock.fresh() and not self._still_stored(entries, lock):
+            # Paused so long (suspend, stalls) that our lock may have looked stale
+            # to a collector: some chunk we rely on is gone. Upload it all again later.
+            self._generation = "unlisted"
+            return UploadResult(ckpt.name, "changed", "chunks were collected while the upload was paused", stats=stats)
+        stats.seconds = time.monotonic() - started
+        change = ckpt.changed()
+        if change is not None:
+            return UploadResult(ckpt.name, "vanished" if change == "it was deleted" else "changed", change, stats=stats)
+        manifest = build_manifest(ckpt, entries, host=self.host, hosts=self.hosts, created=self.clock(), tool=f"ckptsync/{__version__}")
+        stats.raw_bytes = manifest.raw_bytes
+        stats.stored_bytes = manifest.stored_bytes
+        with self._lock:
+            committed = list(self.committed[ckpt.name])
+        same = find_equivalent(manifest, committed, score_source=ckpt.score.source)
+        if same is not None:
+            return UploadResult(ckpt.name, "unchanged", same.reason, manifest=same.manifest, stats=stats)
+        crashpoints.reached("before-manifest")
+        key = self.repo.commit(manifest)
+        crashpoints.reached("after-manifest")
+        self.learn([manifest])
+        stats.seconds = time.monotonic() - started
+        return UploadResult(ckpt.name, "committed", key=key, manifest=manifest, stats=stats)
+
+    def _still_stored(self, entries: list[fmt.FileEntry], lock: locks.Lock) -> bool:
+        """After a long pause: let a running collection finish, then check our chunks survived it."""
+        view = locks.wait_for_collection(lock)
+        lock.max_gap = 0.0  # the lock is current again; later pauses are measured afresh
+        if view.generation == self._generation:
+            return True
+        present = self.repo.list_chunk_objects()
+        return all((c.hash, c.codec) in present for f in entries for c in f.chunks)
+
+    # -- retention
+
+    def apply_retention(self, rules: Retention, grace: timedelta) -> PruneReport:
+        """Delete what ``rules`` do not keep (see :func:`ckptsync.prune.prune`), and forget it."""
+        report = prune(self.repo, rules, grace=grace, host=self.host)
+        self.forget(set(report.deleted) - set(report.kept))
+        return report
+
+
+def describe(result: UploadResult) -> str:
+    """One human line about an upload result."""
+    s = result.stats
+    if result.status == "committed":
+        return (
+            f"committed {result.name}: {s.files} files, {human_bytes(s.raw_bytes)} raw, "
+            f"{human_bytes(s.stored_bytes)} stored, {human_bytes(s.uploaded_bytes)} uploaded in {s.seconds:.1f}s"
+        )
+    if result.status == "unchanged":
+        return f"{result.name} is already committed"
+    if result.status == "cancelled":
+        return f"{result.name} was not finished before the deadline; not committed"
+    if result.status == "vanished":
+        return f"{result.name} was deleted during upload; skipped"
+    return f"{result.name} changed during upload ({result.reason}); not committed"
