@@ -109,7 +109,7 @@ def main() -> int:
         shutil.rmtree(dest, ignore_errors=True)
         # start-up alone: the CLI's imports
         r = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c", "import ckptsync.cli, ckptsync.upload, ckptsync.restore, ckptsync.store.s3"],
+            [sys.executable, "-X", "importtime", "-c", "import ckptsync.cli, ckptsync.upload, ckptsync.recovery, ckptsync.store.s3"],
             capture_output=True,
             text=True,
             env=env,

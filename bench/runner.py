@@ -971,7 +971,7 @@ def snapshot_ckptsync(out: Path, env: dict) -> tuple[str, str]:
         shutil.rmtree(snap, ignore_errors=True)
         shutil.copytree(ROOT / "ckptsync", snap / "ckptsync", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         probe = subprocess.run(
-            [sys.executable, "-c", "import ckptsync, ckptsync.cli, ckptsync.upload, ckptsync.restore; print(ckptsync.__file__)"],
+            [sys.executable, "-c", "import ckptsync, ckptsync.cli, ckptsync.upload, ckptsync.recovery; print(ckptsync.__file__)"],
             capture_output=True,
             text=True,
             env={**env, "PYTHONPATH": str(snap)},

@@ -9,25 +9,22 @@ The public Python API::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING, Any
 
-import sys  # noqa: E402
-import types  # noqa: E402
-from typing import TYPE_CHECKING, Any  # noqa: E402
-
-from .api import list_checkpoints, open_repository, push, restore, verify  # noqa: E402
-from .errors import CkptsyncError, IntegrityError, NothingToRestore, StoreError, UsageError  # noqa: E402
-from .marker import mark  # noqa: E402
-from .options import Options  # noqa: E402
-from .store import RetryPolicy, S3Options  # noqa: E402
+from ._version import __version__
+from .api import list_checkpoints, open_repository, prune, push, restore, verify
+from .errors import CkptsyncError, IntegrityError, NothingToRestore, StoreError, UsageError
+from .marker import mark
+from .options import Options
+from .store import RetryPolicy, S3Options
 
 if TYPE_CHECKING:
-    from .restore import RestoreResult
+    from .download import RestoreResult
     from .syncer import Syncer
 
 # Imported on first use: the restore pipeline pulls in numpy and zstandard, Syncer the
 # watch daemon and watchdog, which the command line and most callers do not need.
-_LAZY = {"RestoreResult": "restore", "Syncer": "syncer"}
+_LAZY = {"RestoreResult": "download", "Syncer": "syncer"}
 
 
 def __getattr__(name: str) -> Any:
@@ -40,28 +37,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class _Package(types.ModuleType):
-    """This package, keeping ``ckptsync.restore`` and ``ckptsync.verify`` the API functions.
-
-    The import system binds a submodule on its package when the submodule is first
-    loaded; ckptsync.restore (the module) is now loaded after this file has run,
-    and would replace the function of the same name.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("restore", "verify") and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
 __all__ = [
     "__version__",
     "push",
     "restore",
     "list_checkpoints",
     "verify",
+    "prune",
     "mark",
     "Syncer",
     "open_repository",

@@ -10,21 +10,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import policy
 from .catalog import Checkpoint, group
-from .errors import CkptsyncError
+from .errors import CkptsyncError, UsageError
 from .options import Options
 from .repository import ManifestRecord, Repository
+from .retention import DEFAULT_GRACE, PruneReport
+from .retention import prune as _prune
 from .store import StoreWrapper, open_remote, parse_remote
 
 if TYPE_CHECKING:
     from .checkpoint import LocalCheckpoint
-    from .restore import RestoreResult
+    from .download import RestoreResult
     from .session import UploadResult
-    from .verify import CheckpointReport
+    from .verification import CheckpointReport
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +73,8 @@ def push(
 
     opts = options or Options()
     folder = check_folder(Path(dir))
-    repo = open_repository(remote, opts, wrap=wrap)
-    try:
+    with open_repository(remote, opts, wrap=wrap) as repo:
         return _push(folder, repo, opts, progress)
-    finally:
-        repo.store.close()
 
 
 def _push(
@@ -121,13 +121,12 @@ def restore(
     ``metric``, ``mode`` ``"min"``/``"max"``); ``name`` or ``step`` pick one
     checkpoint. A damaged candidate is skipped for the next one unless ``strict``.
     """
-    from .restore import Selector
-    from .restore import restore as _restore
+    from .recovery import Selector
+    from .recovery import restore as _restore
 
     opts = options or Options()
-    repo = open_repository(remote, opts, wrap=wrap)
-    try:
-        sel = Selector(how=select, metric=metric, mode=mode, name=name, step=step)
+    sel = Selector(how=select, metric=metric, mode=mode, name=name, step=step)
+    with open_repository(remote, opts, wrap=wrap) as repo:
         return _restore(
             repo,
             Path(dir).absolute(),
@@ -138,17 +137,12 @@ def restore(
             host=opts.host,
             all_hosts=all_hosts,
         )
-    finally:
-        repo.store.close()
 
 
 def list_checkpoints(remote: str, options: Options | None = None, *, wrap: StoreWrapper | None = None) -> list[Checkpoint]:
     """Every committed checkpoint of a remote, newest first (multi-host ones grouped, complete or not)."""
-    repo = open_repository(remote, options, wrap=wrap)
-    try:
+    with open_repository(remote, options, wrap=wrap) as repo:
         return policy.by_latest(group(repo.load_manifests()))
-    finally:
-        repo.store.close()
 
 
 def verify(
@@ -161,15 +155,34 @@ def verify(
     progress: Callable[[int], None] | None = None,
 ) -> list[CheckpointReport]:
     """Check that every committed checkpoint's chunks exist (``deep``: and hash right)."""
-    from .verify import verify as _verify
+    from .verification import verify as _verify
 
     opts = options or Options()
-    repo = open_repository(remote, opts, wrap=wrap)
-    try:
+    with open_repository(remote, opts, wrap=wrap) as repo:
         reports = _verify(repo, name=name, deep=deep, workers=opts.workers, progress=progress)
-        return sorted(reports, key=lambda r: policy.latest_key(r.record.manifest), reverse=True)
-    finally:
-        repo.store.close()
+    return sorted(reports, key=lambda r: policy.latest_key(r.record.manifest), reverse=True)
 
 
-__all__ = ["push", "restore", "list_checkpoints", "verify", "open_repository", "PushReport", "CkptsyncError"]
+def prune(
+    remote: str,
+    rules: policy.Retention,
+    *,
+    grace: timedelta = DEFAULT_GRACE,
+    dry_run: bool = False,
+    options: Options | None = None,
+    wrap: StoreWrapper | None = None,
+) -> PruneReport:
+    """Delete the committed checkpoints ``rules`` do not keep, then the chunks nothing references.
+
+    The newest checkpoint, and the best one by the rules' metric, are always
+    kept; chunks younger than ``grace`` stay (an upload may be about to use
+    them). ``dry_run`` reports what would be deleted and deletes nothing.
+    """
+    if not rules.active:
+        raise UsageError("no retention rule given", "pass --keep-last N, --keep-best K --metric NAME, or --keep-every STEPS")
+    opts = options or Options()
+    with open_repository(remote, opts, wrap=wrap) as repo:
+        return _prune(repo, rules, grace=grace, dry_run=dry_run, host=opts.host or "")
+
+
+__all__ = ["push", "restore", "list_checkpoints", "verify", "prune", "open_repository", "PushReport", "CkptsyncError"]

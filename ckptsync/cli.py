@@ -541,18 +541,10 @@ def prune(metric: str | None, mode: str | None, dry_run: bool, as_json: bool, **
     The newest checkpoint, and the best one by --metric, are always kept. Chunks
     still referenced by a kept checkpoint, or younger than --grace, stay.
     """
-    from .prune import prune as do_prune
-
     grace = kw.pop("grace")
     rules = _retention(kw, metric, mode)
-    if not rules.active:
-        _fail("no retention rule given", "pass --keep-last N, --keep-best K --metric NAME, or --keep-every STEPS", 2)
     opts = _options(kw)
-    repo = api.open_repository(kw["remote"], opts)
-    try:
-        report = do_prune(repo, rules, grace=grace, dry_run=dry_run, host=opts.host or "")
-    finally:
-        repo.store.close()
+    report = api.prune(kw["remote"], rules, grace=grace, dry_run=dry_run, options=opts)
     if as_json:
         click.echo(json.dumps(report.__dict__, indent=1))
         return
@@ -756,8 +748,8 @@ def run(cmd: tuple[str, ...], restore_: str, metric: str | None, mode: str | Non
     """
     from .checkpoint import scan_entry
     from .daemon import Daemon
-    from .restore import Selector
-    from .restore import restore as do_restore
+    from .recovery import Selector
+    from .recovery import restore as do_restore
     from .runner import StartError, Supervisor, flush_and_exit
 
     opts, wopts = _options(kw), _watch_options(kw, metric, mode)

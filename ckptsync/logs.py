@@ -60,16 +60,6 @@ class _JsonFormatter(logging.Formatter):
         return redact(json.dumps(doc, default=str))
 
 
-def sagemaker_level(value: str | None) -> str | None:
-    """SageMaker's SM_LOG_LEVEL (a number such as 20, or a name) as a level name."""
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return logging.getLevelName(int(value)).lower() if int(value) in (10, 20, 30, 40, 50) else None
-    name = value.strip().lower()
-    return name if name in ("debug", "info", "warning", "error", "critical") else None
-
-
 def setup(level: str = "info", fmt: str = "text", stream: object = None) -> None:
     """Configure the root logger for the CLI (idempotent)."""
     lvl = getattr(logging, level.upper(), None)

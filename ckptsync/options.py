@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from . import sagemaker
 from .policy import Retention
-from .prune import DEFAULT_GRACE
+from .retention import DEFAULT_GRACE
 from .store import RetryPolicy, S3Options
 
 #: Where EC2 instance metadata answers (``--imds-endpoint``).

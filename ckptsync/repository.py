@@ -61,6 +61,16 @@ class Repository:
     def url(self) -> str:
         return f"{self.store.url}/{self.prefix}" if self.prefix else self.store.url
 
+    def close(self) -> None:
+        """Close the store's connections."""
+        self.store.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- chunks
 
     def chunk_key(self, digest: str, codec_name: str) -> str:

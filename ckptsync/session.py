@@ -36,8 +36,8 @@ from .options import Options, this_host
 from .packing import Cancelled
 from .policy import Retention
 from .progress import human_bytes
-from .prune import PruneReport, prune
 from .repository import Repository
+from .retention import PruneReport, prune
 from .upload import Changed, ChunkIndex, Progress, Uploader, UploadStats, Vanished
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ class RemoteSession:
     # -- retention
 
     def apply_retention(self, rules: Retention, grace: timedelta) -> PruneReport:
-        """Delete what ``rules`` do not keep (see :func:`ckptsync.prune.prune`), and forget it."""
+        """Delete what ``rules`` do not keep (see :func:`ckptsync.retention.prune`), and forget it."""
         report = prune(self.repo, rules, grace=grace, host=self.host)
         self.forget(set(report.deleted) - set(report.kept))
         return report

@@ -19,7 +19,6 @@ layer each value came from so ``ckptsync config`` can say it.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Mapping
@@ -69,24 +68,17 @@ def read_config(path: Path, command: str, known: set[str]) -> dict[str, Any]:
 
 def sagemaker_defaults(env: Mapping[str, str] = os.environ) -> dict[str, tuple[Any, str]]:
     """Defaults SageMaker's environment implies: ``{param: (value, variable)}``."""
-    out: dict[str, tuple[Any, str]] = {}
-    if env.get("SM_CURRENT_HOST"):
-        out["host"] = (env["SM_CURRENT_HOST"], "SM_CURRENT_HOST")
-    try:
-        hosts = json.loads(env.get("SM_HOSTS", ""))
-    except ValueError:
-        hosts = None
-    if isinstance(hosts, list) and all(isinstance(h, str) for h in hosts) and hosts:
-        out["hosts"] = (",".join(sorted(hosts)), "SM_HOSTS")
-    try:
-        cpus = int(env.get("SM_NUM_CPUS", ""))
-    except ValueError:
-        cpus = 0
-    if cpus > 0:
-        out["workers"] = (max(4, min(16, 2 * cpus)), "SM_NUM_CPUS")
-    from .logs import sagemaker_level
+    from . import sagemaker
+    from .options import workers_for
 
-    level = sagemaker_level(env.get("SM_LOG_LEVEL"))
+    out: dict[str, tuple[Any, str]] = {}
+    host, hosts, cpus, level = sagemaker.current_host(env), sagemaker.hosts(env), sagemaker.num_cpus(env), sagemaker.log_level(env)
+    if host:
+        out["host"] = (host, "SM_CURRENT_HOST")
+    if hosts:
+        out["hosts"] = (",".join(hosts), "SM_HOSTS")
+    if cpus:
+        out["workers"] = (workers_for(cpus), "SM_NUM_CPUS")
     if level:
         out["log_level"] = (level, "SM_LOG_LEVEL")
     return out

@@ -157,12 +157,25 @@ def test_cli_import_loads_no_heavy_dependency() -> None:
     assert out.strip() == "[]"
 
 
-def test_package_functions_survive_their_submodules_loading() -> None:
-    """ckptsync.restore and ckptsync.verify stay the API functions once the modules of the same name load."""
+def test_no_module_shares_a_name_with_a_public_function() -> None:
+    """Every public name of the package is what ``__all__`` says, whatever submodules have loaded.
+
+    No submodule is named like a public symbol (``restore``, ``verify``, ``prune``, ...): importing it
+    would rebind the package attribute to the module.
+    """
+    import pkgutil
+
+    import ckptsync
+
+    modules = {m.name for m in pkgutil.iter_modules(ckptsync.__path__)}
+    assert modules.isdisjoint(ckptsync.__all__), modules & set(ckptsync.__all__)
     code = (
-        "import ckptsync, ckptsync.restore, ckptsync.verify\n"
+        "import importlib, pkgutil, ckptsync\n"
+        "for m in pkgutil.walk_packages(ckptsync.__path__, 'ckptsync.'):\n"
+        "    if not m.name.endswith('__main__'):\n"
+        "        importlib.import_module(m.name)\n"
         "from ckptsync import RestoreResult, Syncer\n"
-        "print(callable(ckptsync.restore), callable(ckptsync.verify), RestoreResult.__module__, Syncer.__name__)"
+        "print(callable(ckptsync.restore), callable(ckptsync.verify), callable(ckptsync.prune), RestoreResult.__name__, Syncer.__name__)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["True", "True", "ckptsync.restore", "Syncer"]
+    assert out.split() == ["True", "True", "True", "RestoreResult", "Syncer"]

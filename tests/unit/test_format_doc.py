@@ -23,6 +23,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import logging
 import os
 import random
 import re
@@ -37,20 +38,18 @@ import pytest
 from moto import mock_aws
 
 import ckptsync
-from ckptsync import catalog, chunking, codec, locks, policy
+from ckptsync import catalog, chunking, codec, download, fsutil, locks, policy, recovery
 from ckptsync import format as fmt
 from ckptsync.api import open_repository
 from ckptsync.chunking import CHUNK_SIZE
 from ckptsync.errors import FormatError, IntegrityError, NewerFormatError, UsageError
 from ckptsync.repository import ManifestRecord, Repository
-from ckptsync.restore import STAGING_PREFIX
+from ckptsync.fsutil import STAGING_PREFIX
 from ckptsync.session import STALE_WRITES
 from ckptsync.store import ObjectInfo
 from ckptsync.store.local import LocalStore
 
-# ``ckptsync.restore`` is also the name of a function of the package: import the modules by path.
-prune_mod = importlib.import_module("ckptsync.prune")
-restore_mod = importlib.import_module("ckptsync.restore")
+prune_mod = importlib.import_module("ckptsync.retention")
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "FORMAT.md"
 BUCKET = "ckpt-bucket"
@@ -273,7 +272,7 @@ def test_restore_by_hand_listing_restores_a_pushed_remote(aws_env: None, tmp_pat
         assert (dest / "checkpoint-10" / "empty.bin").stat().st_size == 0
         assert sorted(p.name for p in dest.iterdir()) == ["checkpoint-10"], "staging folder left behind"
         # the listing's staging folder is named as ckptsync names its own (section 2.4)
-        pattern = rf"{re.escape(STAGING_PREFIX)}{os.getpid()}-{re.escape(restore_mod._host_slug())}-[0-9a-f]{{12}}"
+        pattern = rf"{re.escape(STAGING_PREFIX)}{os.getpid()}-{re.escape(fsutil.staging_slug())}-[0-9a-f]{{12}}"
         assert any(re.fullmatch(pattern, name) for name in staged)
 
         # restoring again replaces the previous copy in place
@@ -345,7 +344,7 @@ def test_restore_by_hand_listing_restores_this_hosts_part_of_the_newest_complete
             restore_latest(BUCKET, PREFIX, str(tmp_path / "algo-9"), s3=s3, host="algo-9")  # type: ignore[operator]
         # ckptsync makes the same choice
         repo = open_repository(url)
-        result = restore_mod.restore(repo, tmp_path / "ckptsync", restore_mod.Selector(), host="algo-2")
+        result = recovery.restore(repo, tmp_path / "ckptsync", policy.Selector(), host="algo-2")
         assert result is not None and result.name == "checkpoint-10"
         assert _files(result.path) == _files(parts["algo-2"])
 
@@ -377,7 +376,7 @@ def test_a_codec_newer_than_the_manifest_version_makes_it_invalid_not_newer(aws_
             s3.put_object(Bucket=BUCKET, Key=fmt.manifest_key(PREFIX, bad["name"], bad["commit"]), Body=json.dumps(bad).encode())
         path = _restore_by_hand()(BUCKET, PREFIX, str(tmp_path / "by-hand"), s3=s3)  # type: ignore[operator]
         assert path == str(tmp_path / "by-hand" / "checkpoint-10") and _files(Path(path)) == _files(source)
-        result = restore_mod.restore(open_repository(url), tmp_path / "ckptsync", restore_mod.Selector())
+        result = recovery.restore(open_repository(url), tmp_path / "ckptsync", policy.Selector())
         assert result is not None and result.name == "checkpoint-10"
 
 
@@ -519,7 +518,7 @@ def test_multi_host_grouping_and_completeness_follow_the_document() -> None:
 
     # incomplete checkpoints are never candidates (restore filters them out before ranking)
     single_ck = next(g for g in groups if not g.hosts)
-    assert restore_mod.candidates([g for g in groups if g.complete], restore_mod.Selector()) == [single_ck, ck]
+    assert policy.candidates([g for g in groups if g.complete], policy.Selector()) == [single_ck, ck]
 
 
 def test_prune_deletes_only_superseded_incomplete_multi_host_checkpoints(tmp_path: Path) -> None:
@@ -946,11 +945,11 @@ def test_temporary_and_staging_names_are_as_documented(tmp_path: Path, monkeypat
         staged.append(built.parent.name)
         raise RuntimeError("stop before fetching")
 
-    monkeypatch.setattr(restore_mod, "_build", stop)
+    monkeypatch.setattr(download, "_build", stop)
     manifest = fmt.decode_manifest(_block("example-manifest", "json").encode("utf-8"))
     with pytest.raises(RuntimeError, match="stop before fetching"):
-        restore_mod.restore_checkpoint(Repository(LocalStore(tmp_path / "remote")), _record(manifest), tmp_path / "target")
-    slug = restore_mod._host_slug()
+        download.restore_checkpoint(Repository(LocalStore(tmp_path / "remote")), _record(manifest), tmp_path / "target")
+    slug = fsutil.staging_slug()
     assert len(staged) == 1 and re.fullmatch(rf"{re.escape(STAGING_PREFIX)}{os.getpid()}-{re.escape(slug)}-[0-9a-f]{{12}}", staged[0])
 
 
@@ -959,7 +958,7 @@ def test_temporary_and_staging_names_are_as_documented(tmp_path: Path, monkeypat
     [
         ("algo-1", "algo_1"),
         ("ip-10-0-0-1.ec2.internal", "ip_10_0_0_1.ec2.internal"),
-        ("modèle 1", "modèle_1"),
+        ("modèle 1", "mod_le_1"),
         ("", "host"),
         ("h" * 80, "h" * 63),
     ],
@@ -971,7 +970,7 @@ def test_the_host_slug_of_staging_folders_is_as_documented(monkeypatch: pytest.M
         in flat
     )
     monkeypatch.setattr(socket, "gethostname", lambda: hostname)
-    assert restore_mod._host_slug() == slug
+    assert fsutil.staging_slug() == slug
 
 
 def test_dead_staging_folders_are_removed_only_when_made_on_this_host(tmp_path: Path) -> None:
@@ -979,7 +978,7 @@ def test_dead_staging_folders_are_removed_only_when_made_on_this_host(tmp_path: 
     import sys
 
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    dead, alive, me = int(done.stdout), os.getppid(), restore_mod._host_slug()
+    dead, alive, me = int(done.stdout), os.getppid(), fsutil.staging_slug()
     other = "not_" + me[:50]
     names = {
         f"{STAGING_PREFIX}{dead}-{me}-aaaaaaaaaaaa": False,  # this host, process gone: removed
@@ -991,7 +990,7 @@ def test_dead_staging_folders_are_removed_only_when_made_on_this_host(tmp_path: 
     }
     for name in names:
         (tmp_path / name).mkdir()
-    restore_mod._remove_dead_staging(tmp_path)
+    fsutil.remove_dead_staging(tmp_path, logging.getLogger("test"))
     assert {n: (tmp_path / n).exists() for n in names} == names
 
 

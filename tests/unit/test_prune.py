@@ -15,7 +15,7 @@ from ckptsync import locks, policy
 from ckptsync.api import open_repository
 from ckptsync.checkpoint import scan_entry
 from ckptsync.errors import UsageError
-from ckptsync.prune import prune
+from ckptsync.retention import prune
 from ckptsync.session import RemoteSession
 from tests.helpers import tree
 from tests.unit.test_policy import rec

@@ -1,0 +1,398 @@
+"""The restore executor: carry out a :class:`~ckptsync.restore_plan.RestorePlan` and place the checkpoint atomically.
+
+A checkpoint is assembled in a hidden staging folder inside the target folder
+(same file system, so the final move is a rename), every chunk is verified
+against its hash as it arrives and every file against its whole-file hash
+once written, and only then is it renamed into place. On any failure the
+staging folder is removed and the target folder is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import crashpoints
+from . import format as fmt
+from .errors import IntegrityError, LocalError, UsageError
+from .executor import BoundedExecutor
+from .fsutil import drop_staging, fsync_dir, new_staging, place, remove_dead_staging, remove_tree
+from .repository import ManifestRecord, Repository
+from .restore_plan import Fetch, LocalView, RestorePlan, plan_restore
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+_READ_BLOCK = 8 << 20
+# The whole-file hash (format: SHA-256). Chunks are decoded through the repository,
+# which imports the codec (numpy, zstandard) on first use: fetching starts before that.
+_new_file_hasher = hashlib.sha256
+
+
+@dataclass
+class RestoreResult:
+    """A checkpoint restored (or found already present) at ``path``."""
+
+    name: str
+    path: Path
+    manifest: fmt.Manifest
+    key: str
+    already_present: bool = False
+    files: int = 0
+    bytes_written: int = 0
+    bytes_downloaded: int = 0
+    chunks_fetched: int = 0
+    files_reused: int = 0
+    seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        m = self.manifest
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "step": m.step,
+            "metrics": dict(m.metrics),
+            "created": fmt.format_time(m.created),
+            "host": m.host,
+            "commit": m.commit,
+            "key": self.key,
+            "already_present": self.already_present,
+            "files": self.files,
+            "bytes_written": self.bytes_written,
+            "bytes_downloaded": self.bytes_downloaded,
+            "files_reused": self.files_reused,
+            "seconds": round(self.seconds, 3),
+            "skipped_damaged": self.skipped,
+        }
+
+
+def restore_checkpoint(
+    repo: Repository,
+    rec: ManifestRecord,
+    target_dir: Path,
+    *,
+    workers: int = 8,
+    progress: Progress | None = None,
+) -> RestoreResult:
+    """Fetch, verify and place one checkpoint at ``target_dir/<name>``, atomically."""
+    started = time.monotonic()
+    m = rec.manifest
+    fmt.check_name(m.name)
+    created_dir = _ensure_dir(target_dir)
+    final = target_dir / m.name
+    result = RestoreResult(m.name, final, m, rec.key, files=len(m.files))
+    plan = plan_restore(m, probe_local(final, m))
+    if plan.already_present:
+        result.already_present = True
+        result.files_reused = len(m.files)
+        result.seconds = time.monotonic() - started
+        return result
+    try:
+        _check_space(target_dir, m, plan.bytes_to_write)
+        remove_dead_staging(target_dir, log)
+        staging = new_staging(target_dir)
+    except BaseException as exc:
+        if created_dir:
+            remove_tree(target_dir)
+        raise _local_error(exc, final) if isinstance(exc, OSError) else exc from None
+    try:
+        built = staging / m.name
+        _build(repo, plan, built, result, workers, progress)
+        fsync_dir(staging)
+        crashpoints.reached("before-rename")
+        place(built, final)
+        fsync_dir(target_dir)
+    except BaseException as exc:
+        drop_staging(staging)
+        if created_dir:
+            remove_tree(target_dir)
+        if isinstance(exc, OSError):
+            raise _local_error(exc, final) from None
+        raise
+    drop_staging(staging)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+# ---------------------------------------------------------------- building
+
+
+def _build(repo: Repository, plan: RestorePlan, root: Path, result: RestoreResult, workers: int, progress: Progress | None) -> None:
+    """Assemble the checkpoint at ``root`` (inside the staging folder)."""
+    m = plan.manifest
+    if m.kind == "dir":
+        os.mkdir(root, 0o755)
+        for folder in plan.folders:
+            _make_folder(root, folder)
+    plan = _reuse(plan, root, result, progress)
+    sinks: list[int] = []
+    try:
+        for entry in plan.write:
+            sinks.append(_create(_path(root, m, entry), entry.size))
+        _fetch_all(repo, plan.fetches, sinks, plan, result, workers, progress)
+        _verify_files(plan.write, sinks, workers)
+        for entry, fd in zip(plan.write, sinks, strict=True):
+            os.fsync(fd)
+            result.bytes_written += entry.size
+    finally:
+        for fd in sinks:
+            os.close(fd)
+    for entry in m.files:
+        os.chmod(_path(root, m, entry), entry.mode & 0o1777, follow_symlinks=False)
+    if m.kind == "dir":
+        for folder in sorted(plan.folders, key=lambda f: -f.count("/")):
+            fsync_dir(root.joinpath(*folder.split("/")))
+        fsync_dir(root)
+
+
+def _reuse(plan: RestorePlan, root: Path, result: RestoreResult, progress: Progress | None) -> RestorePlan:
+    """Link (or copy) the reusable local files into place; plan again without those that failed."""
+    placed: dict[str, Path] = {}
+    for entry, source in plan.reuse:
+        if _link_or_copy(source, _path(root, plan.manifest, entry)):
+            placed[entry.path] = source
+            result.files_reused += 1
+            result.bytes_written += entry.size
+            if progress:
+                progress(entry.size)
+    if len(placed) == len(plan.reuse):
+        return plan
+    again = plan_restore(plan.manifest, LocalView(placed))
+    return RestorePlan(again.manifest, reuse=(), write=again.write, folders=again.folders, fetches=again.fetches)
+
+
+def _path(root: Path, m: fmt.Manifest, entry: fmt.FileEntry) -> Path:
+    return root if m.kind == "file" else root.joinpath(*entry.path.split("/"))
+
+
+def _make_folder(root: Path, relpath: str) -> None:
+    """Create one folder of the checkpoint (its parents exist already), never through a symlink."""
+    d = root.joinpath(*relpath.split("/"))
+    try:
+        os.mkdir(d, 0o755)
+    except FileExistsError:
+        if d.is_symlink() or not d.is_dir():
+            raise IntegrityError(f"manifest path {relpath!r} would be written through a non-folder") from None
+
+
+def _create(path: Path, size: int) -> int:
+    """A new file of ``size`` bytes to write into; never an existing one, never through a link."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    if size:
+        os.ftruncate(fd, size)
+    return fd
+
+
+def _fetch_all(
+    repo: Repository,
+    fetches: tuple[Fetch, ...],
+    sinks: list[int],
+    plan: RestorePlan,
+    result: RestoreResult,
+    workers: int,
+    progress: Progress | None,
+) -> None:
+    """Download every chunk once and write its bytes where they go; stop at the first failure."""
+    lock = threading.Lock()
+    failed = threading.Event()
+
+    def fetch(job: Fetch) -> None:
+        ref = job.ref
+        try:
+            if failed.is_set():
+                return
+            try:
+                raw = repo.get_chunk(ref)
+            except IntegrityError:
+                raw = repo.get_chunk(ref)  # once more: the first read may have been damaged in transit
+            view = memoryview(raw)
+            for t in job.targets:
+                if t.start + t.length > len(view):
+                    raise IntegrityError(f"chunk {ref.hash} is {len(view)} bytes, shorter than the part the manifest names")
+                _pwrite_all(sinks[t.file], view[t.start : t.start + t.length], t.offset)
+            crashpoints.reached("restore-chunk")
+            with lock:
+                result.bytes_downloaded += ref.stored
+                result.chunks_fetched += 1
+            if progress:
+                progress(job.length)
+        except IntegrityError as exc:
+            failed.set()
+            paths = sorted({plan.write[t.file].path for t in job.targets})
+            raise IntegrityError(f"{exc.message}; needed by {', '.join(paths)}", chunk=ref.hash, path=paths[0]) from None
+        except BaseException:
+            failed.set()
+            raise
+
+    # At most two chunks per worker between fetch and write: memory stays bounded.
+    futures: list[Future[None]] = []
+    with BoundedExecutor(workers, 2 * max(1, workers), name="ckptsync-restore") as pool:
+        for job in fetches:
+            with pool.reserve(1) as hold:
+                if failed.is_set():
+                    break
+                futures.append(pool.submit(fetch, job, hold=hold))
+    for fut in futures:
+        exc = fut.exception()
+        if exc is not None:
+            raise exc
+
+
+def _verify_files(entries: tuple[fmt.FileEntry, ...], sinks: list[int], workers: int) -> None:
+    """Read every assembled file back and check its whole-file hash."""
+
+    def check(entry: fmt.FileEntry, fd: int) -> None:
+        h = _new_file_hasher()
+        offset = 0
+        while offset < entry.size:
+            block = os.pread(fd, min(_READ_BLOCK, entry.size - offset), offset)
+            if not block:
+                break
+            h.update(block)
+            offset += len(block)
+        if offset != entry.size or h.hexdigest() != entry.hash:
+            raise IntegrityError(
+                f"file {entry.path} does not match its whole-file hash after assembly (inconsistent manifest)", path=entry.path
+            )
+
+    if not entries:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(entries))), thread_name_prefix="ckptsync-verify") as pool:
+        for fut in [pool.submit(check, e, fd) for e, fd in zip(entries, sinks, strict=True)]:
+            fut.result()
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+# ---------------------------------------------------------------- what is already local
+
+
+def probe_local(final: Path, m: fmt.Manifest) -> LocalView:
+    """Which of the manifest's files are already at ``final`` with the right size and hash."""
+    if not final.exists() or final.is_symlink():
+        return LocalView()
+    found: dict[str, Path] = {}
+    for entry in m.files:
+        path = final if m.kind == "file" else final.joinpath(*entry.path.split("/"))
+        if m.kind == "dir" and any(p.is_symlink() for p in _parents(final, entry.path)[1:]):
+            continue
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size or st.st_nlink != 1:
+            continue  # a hard-linked file may be someone else's: never reuse (or chmod) it
+        if _hash_file(path) == entry.hash:
+            found[entry.path] = path
+    return LocalView(found, exact=len(found) == len(m.files) and _exact(final, m))
+
+
+def _parents(root: Path, relpath: str) -> list[Path]:
+    parts = relpath.split("/")
+    return [root.joinpath(*parts[:i]) for i in range(len(parts))]
+
+
+def _exact(final: Path, m: fmt.Manifest) -> bool:
+    """True if the local entry holds exactly the manifest's files and nothing else."""
+    if m.kind == "file":
+        return final.is_file() and not final.is_symlink()
+    if not final.is_dir():
+        return False
+    present = set()
+    for dirpath, _dirs, files in os.walk(final):
+        for fn in files:
+            present.add((Path(dirpath) / fn).relative_to(final).as_posix())
+    return present == {e.path for e in m.files} and all(_mode(final.joinpath(*e.path.split("/"))) == e.mode & 0o1777 for e in m.files)
+
+
+def _mode(path: Path) -> int:
+    return os.lstat(path).st_mode & 0o1777
+
+
+def _hash_file(path: Path) -> str:
+    h = _new_file_hasher()
+    with open(path, "rb", buffering=0) as f:
+        while block := f.read(_READ_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _link_or_copy(src: Path, dst: Path) -> bool:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+        return True
+    except OSError:
+        pass
+    try:
+        shutil.copyfile(src, dst, follow_symlinks=False)
+        return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- the target folder
+
+
+def _check_space(target_dir: Path, m: fmt.Manifest, need: int) -> None:
+    """Refuse up front what cannot fit: more than the file system holds (a hostile or corrupt
+    manifest: skipped like damage), or more than it has free (a clear error, nothing written)."""
+    try:
+        st = os.statvfs(target_dir)
+    except OSError:
+        return
+    total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+    if need > total:
+        raise IntegrityError(f"checkpoint {m.name} declares {need} bytes, more than the whole file system under {target_dir} holds")
+    if need > free:
+        raise LocalError(
+            f"no space left on device for {m.name}: it needs {need} bytes, {free} are free under {target_dir}",
+            "free space, or restore into a larger volume; nothing was changed",
+        )
+
+
+def _ensure_dir(path: Path) -> bool:
+    """Create the target folder if missing; True if this call created it."""
+    if path.is_dir():
+        return False
+    if path.exists():
+        raise UsageError(f"{path} exists and is not a directory", "pass a folder with --dir")
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise _local_error(exc, path) from None
+    return True
+
+
+def _local_error(exc: OSError, where: Path) -> LocalError:
+    if exc.errno == errno.EFBIG:
+        return LocalError(
+            f"a file of {where.name} is too large for this file system (or the process's file size limit)",
+            "restore onto a file system that holds files this large; nothing was changed",
+        )
+    if exc.errno == errno.ENOSPC:
+        return LocalError(
+            f"no space left on device while restoring into {where.parent}",
+            "free space, or restore into a larger volume; nothing was changed",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return LocalError(f"cannot write {where}: {exc.strerror}", "check the permissions of --dir")
+    return LocalError(f"cannot restore into {where}: {exc.strerror or exc}")

@@ -1,0 +1,128 @@
+"""Bringing a checkpoint back: choose among the committed ones, restore the first intact one.
+
+Candidates come from the selection policy (:func:`ckptsync.policy.candidates`)
+over complete checkpoints only (a multi-host checkpoint is complete once every
+host committed its part). Each candidate is restored by
+:func:`ckptsync.download.restore_checkpoint`; a damaged one is reported and the
+next one is tried, unless ``strict``. A shared lock on the remote keeps chunk
+collection from deleting chunks under the restore.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from . import catalog, locks, policy
+from .download import Progress, RestoreResult, restore_checkpoint
+from .errors import IntegrityError, NothingToRestore, StoreError
+from .options import this_host
+from .policy import Selector
+from .repository import ManifestRecord, Repository
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RestoreResult", "Selector", "restore"]
+
+
+def restore(
+    repo: Repository,
+    target_dir: Path,
+    sel: Selector,
+    *,
+    strict: bool = False,
+    workers: int = 8,
+    progress_factory: Callable[[ManifestRecord], Progress | None] | None = None,
+    host: str | None = None,
+    all_hosts: bool = False,
+) -> RestoreResult | None:
+    """Restore the first intact checkpoint among the candidates ``sel`` names.
+
+    Returns None when nothing is committed (when nothing matches ``--name`` or
+    ``--step``, NothingToRestore is raised). A damaged candidate is reported and
+    the next one is tried, unless ``strict``. Of a multi-host checkpoint, this
+    ``host``'s files are restored (``all_hosts``: everyone's).
+    """
+    me = host or this_host()
+    lock = _shared_lock(repo, me)
+    try:
+        order = _candidates(repo, sel)
+        if not order:
+            return None
+        return _first_intact(repo, order, target_dir, strict, workers, progress_factory, me, all_hosts)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _shared_lock(repo: Repository, host: str) -> locks.Lock | None:
+    """A shared lock, so no chunk collection deletes chunks under the restore.
+    A read-only remote (credentials without write access) is restored without one."""
+    try:
+        return locks.acquire_shared(repo.store, repo.prefix, host=host)[0]
+    except StoreError as exc:
+        if exc.transient:
+            raise
+        log.info("restoring without a lock (%s)", exc.message)
+        return None
+
+
+def _candidates(repo: Repository, sel: Selector) -> list[catalog.Checkpoint]:
+    """Complete committed checkpoints in the order ``sel`` tries them."""
+    checkpoints = catalog.group(repo.load_manifests(names=[sel.name] if sel.name is not None else None))
+    for ck in checkpoints:
+        if not ck.complete:
+            log.info("skipping %s: not committed yet by %s", ck.name, ", ".join(ck.missing))
+    order = policy.candidates([ck for ck in checkpoints if ck.complete], sel)
+    if not order and (sel.name is not None or sel.step is not None):
+        raise NothingToRestore(
+            f"no complete committed checkpoint {sel.describe()} in {repo.url}", "run 'ckptsync list' to see what is committed"
+        )
+    return order
+
+
+def _first_intact(
+    repo: Repository,
+    order: list[catalog.Checkpoint],
+    target_dir: Path,
+    strict: bool,
+    workers: int,
+    progress_factory: Callable[[ManifestRecord], Progress | None] | None,
+    host: str,
+    all_hosts: bool,
+) -> RestoreResult:
+    skipped: list[str] = []
+    last_error: IntegrityError | None = None
+    for ck in order:
+        rec = ck.merged() if all_hosts else ck.for_host(host)
+        try:
+            result = restore_checkpoint(
+                repo, rec, target_dir, workers=workers, progress=progress_factory(rec) if progress_factory else None
+            )
+        except IntegrityError as exc:
+            last_error = exc
+            log.warning("checkpoint %s (commit %s) is damaged: %s", rec.name, rec.manifest.commit, exc.message)
+            skipped.append(rec.name)
+            if strict:
+                raise IntegrityError(
+                    f"checkpoint {rec.name} is damaged: {exc.message}",
+                    "run 'ckptsync verify --deep' to see every damaged chunk; without --strict restore falls back to the next checkpoint",
+                    chunk=exc.chunk,
+                    path=exc.path,
+                ) from None
+            continue
+        result.skipped = skipped
+        return result
+    assert last_error is not None
+    if len(order) == 1:
+        raise IntegrityError(
+            f"checkpoint {order[0].name} is damaged: {last_error.message}",
+            "run 'ckptsync verify --deep' to see every damaged chunk",
+            chunk=last_error.chunk,
+            path=last_error.path,
+        )
+    raise IntegrityError(
+        f"no intact checkpoint to restore: {len(skipped)} tried, all damaged (last: {last_error.message})",
+        "run 'ckptsync verify --deep' to see the damage",
+    )
