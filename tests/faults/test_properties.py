@@ -41,8 +41,8 @@ from ckptsync.checkpoint import scan_entry
 from ckptsync.cli import main as cli_main
 from ckptsync.completion import SIDECAR_SUFFIX, is_checkpoint_name
 from ckptsync.errors import FormatError
-from ckptsync.repository import Repository
 from ckptsync.fsutil import STAGING_PREFIX
+from ckptsync.repository import Repository
 from ckptsync.session import RemoteSession
 from ckptsync.store import LocalStore, RetryingStore
 from tests.faults.scenarios import full_size, record

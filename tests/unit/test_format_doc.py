@@ -43,8 +43,8 @@ from ckptsync import format as fmt
 from ckptsync.api import open_repository
 from ckptsync.chunking import CHUNK_SIZE
 from ckptsync.errors import FormatError, IntegrityError, NewerFormatError, UsageError
-from ckptsync.repository import ManifestRecord, Repository
 from ckptsync.fsutil import STAGING_PREFIX
+from ckptsync.repository import ManifestRecord, Repository
 from ckptsync.session import STALE_WRITES
 from ckptsync.store import ObjectInfo
 from ckptsync.store.local import LocalStore
