@@ -1,6 +1,6 @@
 """Lock objects that make chunk collection safe beside concurrent uploads and restores.
 
-Protocol (docs/FORMAT.md, "Garbage collection"): every upload and restore holds
+Protocol (docs/FORMAT.md section 8; why it is safe: docs/DESIGN.md section 6): every upload and restore holds
 a *shared* lock object while it decides which chunks exist and uses them;
 chunk collection holds an *exclusive* one. Each side first writes its own lock,
 then lists the others, so of two that start together at least one sees the

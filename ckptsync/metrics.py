@@ -1,6 +1,6 @@
 """Step and metrics of a checkpoint, from its marker, trainer state or name (pure).
 
-Sources, first match wins (docs/FORMAT.md and README describe them):
+Sources, first match wins (docs/DESIGN.md section 1.3 and README describe them):
 
 1. ``ckptsync.json`` in the checkpoint folder: ``{"step": 1200, "metrics": {...}}``.
 2. Hugging Face ``trainer_state.json``: ``global_step`` and the numeric entries

@@ -153,8 +153,15 @@ def padding(step: int, which: int, nbytes: int) -> np.ndarray:
     return np.frombuffer(np.random.default_rng([step, which, 3]).bytes(max(0, nbytes)), dtype=np.uint8)
 
 
-def save_checkpoint(root: Path, step: int, params: dict[str, np.ndarray], momentum: dict[str, np.ndarray],
-                    rng: np.random.Generator, metrics: dict[str, float], size_bytes: int) -> Path:
+def save_checkpoint(
+    root: Path,
+    step: int,
+    params: dict[str, np.ndarray],
+    momentum: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    metrics: dict[str, float],
+    size_bytes: int,
+) -> Path:
     """Write checkpoint-{step} through tmp-checkpoint-{step} and a rename."""
     tmp = root / f"tmp-checkpoint-{step}"
     final = root / f"checkpoint-{step}"
@@ -165,8 +172,9 @@ def save_checkpoint(root: Path, step: int, params: dict[str, np.ndarray], moment
     write_file(tmp / "model.npz", lambda f: np.savez(f, **params, _padding=padding(step, 0, size_bytes // 3 - real)))
     write_file(
         tmp / "optimizer.npz",
-        lambda f: np.savez(f, **{f"momentum_{k}": v for k, v in momentum.items()},
-                           _padding=padding(step, 1, size_bytes - size_bytes // 3 - real)),
+        lambda f: np.savez(
+            f, **{f"momentum_{k}": v for k, v in momentum.items()}, _padding=padding(step, 1, size_bytes - size_bytes // 3 - real)
+        ),
     )
     write_file(tmp / "rng_state.json", lambda f: f.write(json.dumps(rng.bit_generator.state).encode()))
     # The marker goes last: its presence says every other file is complete.
@@ -202,16 +210,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     # SageMaker starts a training image as `<entrypoint> train`: accept that word and ignore it.
     p.add_argument("mode", nargs="?", choices=["train"], help=argparse.SUPPRESS)
-    p.add_argument("--dir", type=Path, default=Path(os.environ.get("CKPTSYNC_DIR") or "/opt/ml/checkpoints"),
-                   help="Checkpoint folder (default: $CKPTSYNC_DIR, else /opt/ml/checkpoints).")
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(os.environ.get("CKPTSYNC_DIR") or "/opt/ml/checkpoints"),
+        help="Checkpoint folder (default: $CKPTSYNC_DIR, else /opt/ml/checkpoints).",
+    )
     p.add_argument("--steps", type=int, default=1000, help="Total training steps.")
     p.add_argument("--every", type=int, default=100, help="Checkpoint interval in steps.")
     p.add_argument("--step-seconds", type=float, default=0.005, help="Sleep per step, to simulate work.")
     p.add_argument("--size-mb", type=float, default=2.0, help="Pad each checkpoint to about this many MB.")
     p.add_argument("--keep", type=int, default=3, help="Complete checkpoints kept on disk, the oldest deleted first.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the data, the initial weights and the minibatch order.")
-    p.add_argument("--model-dir", type=Path, default=_default_model_dir(),
-                   help="Write the final weights here when training completes (default: $SM_MODEL_DIR, else /opt/ml/model if it exists).")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=_default_model_dir(),
+        help="Write the final weights here when training completes (default: $SM_MODEL_DIR, else /opt/ml/model if it exists).",
+    )
     p.set_defaults(**sagemaker_hyperparameters())
     a = p.parse_args(argv)
     if a.steps < 0 or a.every < 1 or a.keep < 1 or a.size_mb < 0 or a.step_seconds < 0:

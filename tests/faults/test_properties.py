@@ -183,7 +183,7 @@ def _file(doc: dict, path: str) -> dict:
 class Case:
     """One hostile manifest: ``expect`` is ``invalid`` (decode refuses it: warned and skipped), ``damaged`` (it
     decodes; restoring it fails on its data: warned, next candidate), or ``ignored`` (its key is not a manifest
-    key: FORMAT.md 4.8 says ignore, silently)."""
+    key: FORMAT.md 5.7 says ignore, silently)."""
 
     label: str
     data: bytes
@@ -320,7 +320,7 @@ def hostile_cases(w: World) -> list[Case]:
     add("duplicate keys", None, raw=b'{"format": "ckptsync.manifest", "format": "x", "version": 1}')
     add("empty object", None, raw=b"")
     add("deep nesting", None, raw=b"[" * 200_000 + b"]" * 200_000)
-    # -- keys that are not manifest keys (hostile names in the key itself): ignored, per FORMAT.md 4.8
+    # -- keys that are not manifest keys (hostile names in the key itself): ignored, per FORMAT.md 5.7
     for label, n in [("key name '..'", ".."), ("key name with slash", "a/b"), ("key name with NUL", "x\x00")]:
         doc = json.loads(json.dumps(good))
         doc.update(name=n, commit=fmt.new_commit_id(created, "evil"), step=2000)
@@ -542,7 +542,7 @@ def test_s15_one_hostile_manifest_never_blocks_restore_latest_of_the_good_one(tm
 
 
 def test_s15_a_newer_format_version_stops_restore_latest_as_format_md_requires(tmp_path):
-    """FORMAT.md 4.7: a manifest with a version above the reader's aborts restore (no silent fallback)."""
+    """FORMAT.md 5.8: a manifest with a version above the reader's aborts restore (no silent fallback)."""
     w, _ = _world_with_one(tmp_path, "version 99", lambda d: d.update(version=99))
     before = listing(w.target)
     p = cli("restore", "--remote", w.remote, "--dir", str(w.target), "--latest")

@@ -1,19 +1,21 @@
-"""Keep docs/FORMAT.md from drifting away from the code.
+"""Keep docs/FORMAT.md and docs/DESIGN.md from drifting away from the code (pure checks only).
 
-- The example manifests (versions 1, 2 and 3) must be accepted by
+- The example manifests (versions 1 and 4 in FORMAT.md, 2 and 3 in DESIGN.md) must be accepted by
   ``decode_manifest`` and re-encode to the same fields and values.
-- The byte-grouped example object must decode with ``ckptsync.codec.decode``
-  to the chunk its entry names, laid out as the document says; the example
-  safetensors header must cut into the example's chunks.
-- The "restore by hand" listing must restore, byte for byte, remotes written by
-  ``ckptsync.push`` (into moto's in-process S3), byte-grouped chunks and
-  multi-host checkpoints included, and must refuse a newer format version.
-- Constants the spec states must match the code: manifest and chunk limits,
-  the versions and codecs, the encoder's and the chunker's sizes, lock keys
-  and bodies, the lock timings, temporary and staging names.
-- What the spec says about multi-host checkpoints (grouping, completeness,
-  the ``hosts`` rules), about retention of incomplete ones, and about locks
-  and collection (generation bodies, pauses, chunks of unknown age) must hold.
+- The byte-grouped example object (FORMAT.md) must decode with ``ckptsync.codec.decode`` to the
+  chunk its entry names, laid out as the document says; the example safetensors header (DESIGN.md)
+  must cut into the example's chunks.
+- Constants the documents state must match the code: manifest and chunk limits, the versions and
+  codecs, the encoder's and the chunker's sizes, lock keys and bodies, the lock timings, temporary
+  and staging names.
+- What they say about multi-host checkpoints (grouping, completeness, the ``hosts`` rules), and
+  about locks (generation bodies, pauses) must hold.
+- FORMAT.md stays a short spec that names no code module, and the section numbers and rule names
+  the documents refer to exist.
+
+Checks that need ``ckptsync.push`` or a prune (thread pools) are in
+tests/integration/test_format_doc_writers.py; those of examples/restore_by_hand.py in
+tests/integration/test_restore_by_hand.py.
 """
 
 from __future__ import annotations
@@ -25,54 +27,81 @@ import inspect
 import json
 import logging
 import os
-import random
 import re
 import socket
 import struct
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import boto3
 import numpy as np
 import pytest
+import zstandard
 from moto import mock_aws
 
-import ckptsync
-from ckptsync import catalog, chunking, codec, download, fsutil, locks, policy, recovery
+from ckptsync import catalog, chunking, cli, codec, download, fsutil, locks, policy
 from ckptsync import format as fmt
-from ckptsync.api import open_repository
 from ckptsync.chunking import CHUNK_SIZE
 from ckptsync.errors import FormatError, IntegrityError, NewerFormatError, UsageError
 from ckptsync.fsutil import STAGING_PREFIX
 from ckptsync.repository import ManifestRecord, Repository
-from ckptsync.session import STALE_WRITES
+from ckptsync.session import STALE_WRITES, RemoteSession
 from ckptsync.store import ObjectInfo
 from ckptsync.store.local import LocalStore
+from ckptsync.store.s3 import S3Store
+from tests import docs
+from tests.docs import DESIGN, FORMAT
 
 prune_mod = importlib.import_module("ckptsync.retention")
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "FORMAT.md"
 BUCKET = "ckpt-bucket"
 PREFIX = "runs/exp1"
 
 
-def _flat() -> str:
-    """The document with every run of whitespace made one space (phrases survive rewrapping)."""
-    return " ".join(DOC.read_text(encoding="utf-8").split())
+# ---------------------------------------------------------------- the documents as a whole
 
 
-def _block(marker: str, lang: str) -> str:
-    text = DOC.read_text(encoding="utf-8")
-    m = re.search(r"<!-- " + re.escape(marker) + r" -->\s*```" + lang + r"\n(.*?)\n```", text, re.DOTALL)
-    assert m, f"no ```{lang} block after <!-- {marker} --> in {DOC}"
-    return m.group(1)
+def test_the_spec_stays_short_and_names_no_code_module() -> None:
+    """FORMAT.md is the normative spec only (at most 1,000 lines); it must stand without the code."""
+    text = docs.text(FORMAT)
+    assert len(text.splitlines()) <= 1000, "move writer behaviour and rationale to DESIGN.md"
+    assert set(re.findall(r"[\w/]+\.py\b", text)) <= {"examples/restore_by_hand.py"}
+    assert "ckptsync/" not in text.replace("ckptsync/0.1.0", "")
+
+
+def _headings(doc: Path) -> set[str]:
+    return set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)[. ]", docs.text(doc), re.MULTILINE))
+
+
+def test_section_numbers_and_rule_names_the_documents_refer_to_exist() -> None:
+    fmt_sections, design_sections = _headings(FORMAT), _headings(DESIGN)
+    fmt_text, design_text = docs.flat(FORMAT), docs.flat(DESIGN)
+    script = docs.RESTORE_BY_HAND.read_text(encoding="utf-8")
+    number = r"(\d+(?:\.\d+)?)"
+    refs = {
+        "FORMAT.md → DESIGN.md": (re.findall(r"DESIGN\.md, sections? " + number, fmt_text), design_sections),
+        "DESIGN.md → FORMAT.md": (re.findall(r"FORMAT " + number, design_text), fmt_sections),
+        "restore_by_hand.py → FORMAT.md": (re.findall(r"FORMAT " + number, script), fmt_sections),
+        "FORMAT.md → itself": (re.findall(r"(?<!DESIGN\.md, )\bsections? " + number, fmt_text), fmt_sections),
+        "DESIGN.md → itself": (re.findall(r"\bsections? " + number, design_text), design_sections),
+    }
+    for what, (found, known) in refs.items():
+        assert found and set(found) <= known, f"{what}: no such section {sorted(set(found) - known)}"
+    # the rules DESIGN.md names are those FORMAT.md states
+    rules = set(re.findall(r"\*\*([WRDLC]\d)\.\*\*", fmt_text))
+    assert {"W1", "R1", "D1", "L1", "C1"} <= rules
+    assert set(re.findall(r"(?<![-\w])([WRDLC]\d)\b", design_text)) <= rules
+    # the stale statement of version 3 for float weights (the code writes version 4) must not come back
+    assert "usually version 4" in design_text and "usually version 3" not in design_text + fmt_text
 
 
 # ---------------------------------------------------------------- the example manifest
 
 
 def test_example_manifest_round_trips() -> None:
-    text = _block("example-manifest", "json")
+    text = docs.block(FORMAT, "example-manifest", "json")
     manifest = fmt.decode_manifest(text.encode("utf-8"), key="docs/FORMAT.md example")
     reencoded = json.loads(fmt.encode_manifest(manifest))
     original = json.loads(text)
@@ -83,8 +112,8 @@ def test_example_manifest_round_trips() -> None:
 
 
 def test_example_manifest_key_and_tree_match_the_code() -> None:
-    text = DOC.read_text(encoding="utf-8")
-    doc = json.loads(_block("example-manifest", "json"))
+    text = docs.text(FORMAT)
+    doc = json.loads(docs.block(FORMAT, "example-manifest", "json"))
     key = fmt.manifest_key("", doc["name"], doc["commit"])
     assert f"`{key}`" in text
     assert fmt.parse_manifest_key(key) == (doc["name"], doc["commit"])
@@ -100,7 +129,7 @@ def test_example_manifest_key_and_tree_match_the_code() -> None:
 
 
 def test_stated_constants_match_the_code() -> None:
-    text = DOC.read_text(encoding="utf-8")
+    text, design = docs.text(FORMAT), docs.flat(DESIGN)
     assert f"^{fmt._COMMIT_ID.pattern.removesuffix(chr(92) + 'Z')}$" in text  # the commit id grammar
     assert fmt.FORMAT_NAME == "ckptsync.manifest" and f'"{fmt.FORMAT_NAME}"' in text
     assert fmt.HASH_ALGORITHM == "sha256"
@@ -108,36 +137,26 @@ def test_stated_constants_match_the_code() -> None:
     assert fmt.MAX_CHUNK_SIZE + 1024 == 67109888 and "67109888" in text
     assert fmt.MAX_MANIFEST_BYTES == 67108864
     assert (fmt.MAX_PATH_BYTES, fmt.MAX_COMPONENT_BYTES, fmt.MAX_NAME_BYTES) == (4096, 255, 255)
-    assert CHUNK_SIZE == 4194304 and "4194304" in text
     assert STAGING_PREFIX == ".ckptsync-staging-" and f"`{STAGING_PREFIX}`" in text
-    flat = _flat()
-    # the chunker's sizes (section 5)
-    assert chunking.PACK_TARGET == 4194304 and "larger than 4 MiB (4194304 bytes)" in flat
-    assert chunking.MAX_PIECE == 8388608 and "pieces of 8 MiB (8388608 bytes)" in flat
-    assert chunking.MAX_HEADER == 100 << 20 and "2 ≤ n ≤ min(100 MiB, file size − 8)" in flat
-    # the encoder's choice (section 3.2)
-    assert codec.ZSTD_LEVEL == 1 and "zstd runs at level 1" in flat
-    assert codec.MIN_SAVING == 0.03 and "at most 97% of the size of what it replaces (at least 3% smaller)" in flat
-    assert codec.SAMPLE == 65536 and "first 64 KiB (65536 bytes)" in flat
-    assert "A chunk under 64 bytes is stored `raw`" in flat
+    # the chunker's sizes (DESIGN.md, section 2)
+    assert CHUNK_SIZE == 4194304 and "fixed-size chunks of 4 MiB (4194304 bytes)" in design
+    assert chunking.PACK_TARGET == 4194304 and "larger than 4 MiB (4194304 bytes)" in design
+    assert chunking.MAX_PIECE == 8388608 and "pieces of 8 MiB (8388608 bytes)" in design
+    assert chunking.MAX_HEADER == 100 << 20 and "2 ≤ n ≤ min(100 MiB, file size − 8)" in design
+    # the encoder's choice (DESIGN.md, section 3)
+    assert codec.ZSTD_LEVEL == 1 and "zstd runs at level 1" in design
+    assert codec.MIN_SAVING == 0.03 and "at most 97% of the size of what it replaces (at least 3% smaller)" in design
+    assert codec.SAMPLE == 65536 and "first 64 KiB (65536 bytes)" in design
+    assert "A chunk under 64 bytes is stored `raw`" in design
     assert "if n < 64:" in inspect.getsource(codec.encode)
     assert "for w in (2, 4):" in inspect.getsource(codec._probe)  # the probe never chooses bg8
 
 
-def _table(marker: str) -> list[list[str]]:
-    """The body rows of the markdown table after ``<!-- marker -->``, as stripped cells."""
-    text = DOC.read_text(encoding="utf-8")
-    m = re.search(r"<!-- " + re.escape(marker) + r" -->\s*\n((?:\|.*\n)+)", text)
-    assert m, f"no table after <!-- {marker} -->"
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in m.group(1).splitlines()]
-    return [r for r in rows[2:]]  # without the header and the --- line
-
-
 def test_codec_table_matches_the_code() -> None:
-    rows = _table("codecs")
+    rows = docs.table(FORMAT, "codecs")
     assert [r[0] for r in rows] == [f"`{c}`" for c in fmt.CODECS]
     assert {r[0].strip("`"): int(r[1]) for r in rows} == fmt.CODECS_SINCE
-    assert codec.GROUPED == {r[0].strip("`"): int(re.search(r"(\d)-byte", r[2]).group(1)) for r in rows[2:]}
+    assert codec.GROUPED == {r[0].strip("`"): int(re.search(r"(\d)-byte", r[2]).group(1)) for r in rows[2:]}  # type: ignore[union-attr]
     assert all(since <= fmt.FORMAT_VERSION for since in fmt.CODECS_SINCE.values())
 
 
@@ -151,244 +170,27 @@ def _widths(sentence: str) -> dict[str, int]:
 
 
 def test_safetensors_widths_match_the_code() -> None:
-    text = DOC.read_text(encoding="utf-8")
-    m = re.search(r"<!-- safetensors-widths -->\s*\n(.*?)\n\n", text, re.DOTALL)
+    m = re.search(r"<!-- safetensors-widths -->\s*\n(.*?)\n\n", docs.text(DESIGN), re.DOTALL)
     assert m
     assert _widths(" ".join(m.group(1).split())) == chunking.FLOAT_WIDTHS
-    # the encoder's description (section 3.2, step 2) says the same
-    m = re.search(r"2\. When the chunk comes with an element width \((.*?)\)", _flat())
+    # the encoder's description (DESIGN.md, section 3, step 2) says the same
+    m = re.search(r"2\. When the chunk comes with an element width \((.*?)\)", docs.flat(DESIGN))
     assert m and _widths(m.group(1)) == chunking.FLOAT_WIDTHS
-
-
-# ---------------------------------------------------------------- restore by hand
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-
-
-def _safetensors(tensors: list[tuple[str, str, np.ndarray]]) -> bytes:
-    """A safetensors file: (name, dtype, little-endian array) in file order."""
-    header: dict[str, object] = {}
-    offset = 0
-    for name, dtype, array in tensors:
-        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
-        offset += array.nbytes
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(a.tobytes() for _, _, a in tensors)
-
-
-def _weights(seed: int) -> bytes:
-    """Float tensors of every width, so that a push uses bg2, bg4 and bg8 (over 1 MiB: not packed)."""
-    rng = np.random.default_rng(seed)
-    bf16 = (rng.normal(0, 0.02, 200_000).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
-    return _safetensors(
-        [
-            ("a.weight", "BF16", bf16),
-            ("b.weight", "F32", rng.normal(0, 0.02, 100_000).astype(np.float32)),
-            ("c.weight", "F64", rng.normal(0, 0.02, 50_000)),
-        ]
-    )
-
-
-def _make_checkpoints(root: Path) -> Path:
-    """A folder holding checkpoint-10 (the newest) and checkpoint-5."""
-    rnd = random.Random(10)
-    ck = root / "checkpoint-10"
-    (ck / "sub" / "deeper").mkdir(parents=True)
-    # > 4 MiB, not safetensors: one compressible 4 MiB chunk (zstd) and a random tail (raw)
-    compressible = b"".join(rnd.choice([b"\x00\x00\x80\x3f", b"\x00\x00\x00\x00", b"\xcd\xcc\x4c\x3e"]) for _ in range(1 << 20))
-    (ck / "model.safetensors").write_bytes(compressible + rnd.randbytes(1_500_000))
-    (ck / "weights.safetensors").write_bytes(_weights(10))  # tensor-aligned: bgr2, bgr4, bgr8
-    floats = np.random.default_rng(11).normal(0, 0.02, 300_000).astype(np.float32)
-    (ck / "optimizer.pt").write_bytes(floats.tobytes())  # probed: bg4
-    (ck / "bf16.bin").write_bytes((floats.view(np.uint32) >> 16).astype(np.uint16).tobytes())  # probed: bg2
-    (ck / "empty.bin").write_bytes(b"")
-    (ck / "sub" / "deeper" / "notes.txt").write_text("nested file\n" * 50)
-    (ck / "trainer_state.json").write_text(json.dumps({"global_step": 10, "log_history": [{"eval_loss": 0.5, "step": 10}]}))
-    (ck / "tiny").write_bytes(b"x")
-    os.chmod(ck / "model.safetensors", 0o640)
-    old = root / "checkpoint-5"
-    old.mkdir()
-    (old / "model.safetensors").write_bytes(rnd.randbytes(1000))
-    return ck
-
-
-def _files(root: Path) -> dict[str, tuple[bytes, int]]:
-    return {p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mode & 0o7777) for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _listing() -> dict[str, object]:
-    namespace: dict[str, object] = {"__name__": "restore_by_hand"}
-    exec(compile(_block("restore-by-hand", "python"), f"{DOC}:restore-by-hand", "exec"), namespace)
-    return namespace
-
-
-def _restore_by_hand() -> object:
-    return _listing()["restore_latest"]
-
-
-def test_restore_by_hand_listing_restores_a_pushed_remote(aws_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ckpts = tmp_path / "ckpts"
-    ckpts.mkdir()
-    source = _make_checkpoints(ckpts)
-    restore_latest = _restore_by_hand()
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=BUCKET)
-        report = ckptsync.push(str(ckpts), f"s3://{BUCKET}/{PREFIX}")
-        assert [r.status for r in report.results] == ["committed", "committed"]
-        newest = next(r.manifest for r in report.results if r.name == "checkpoint-10")
-        codecs = {c.codec for f in newest.files for c in f.chunks}
-        # every codec today's writer chooses (bg8 is only read: widths of 8 come with rotation)
-        assert codecs == set(fmt.CODECS) - {"bg8"}, "the remote must exercise every codec a writer writes"
-        assert newest.version == 4
-        assert any(len(f.chunks) > 1 for f in newest.files)
-        packed = {f.path for f in newest.files if f.chunks and f.chunks[0].is_part}
-        assert {"tiny", "trainer_state.json", "sub/deeper/notes.txt"} <= packed, "small files must be packed into parts"
-
-        staged: list[str] = []
-        real_mkdir = os.mkdir
-
-        def spy(path: str, *args: object) -> None:
-            staged.append(os.path.basename(path))
-            real_mkdir(path, *args)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(os, "mkdir", spy)
-        dest = tmp_path / "restored"
-        path = restore_latest(BUCKET, PREFIX, str(dest), s3=s3)  # type: ignore[operator]
-        monkeypatch.undo()
-
-        assert path == str(dest / "checkpoint-10")
-        assert _files(dest / "checkpoint-10") == _files(source)
-        assert (dest / "checkpoint-10" / "empty.bin").stat().st_size == 0
-        assert sorted(p.name for p in dest.iterdir()) == ["checkpoint-10"], "staging folder left behind"
-        # the listing's staging folder is named as ckptsync names its own (section 2.4)
-        pattern = rf"{re.escape(STAGING_PREFIX)}{os.getpid()}-{re.escape(fsutil.staging_slug())}-[0-9a-f]{{12}}"
-        assert any(re.fullmatch(pattern, name) for name in staged)
-
-        # restoring again replaces the previous copy in place
-        (dest / "checkpoint-10" / "stray").write_bytes(b"not in the manifest")
-        assert restore_latest(BUCKET, PREFIX, str(dest), s3=s3) == str(dest / "checkpoint-10")  # type: ignore[operator]
-        assert _files(dest / "checkpoint-10") == _files(source)
-        assert sorted(p.name for p in dest.iterdir()) == ["checkpoint-10"]
-
-
-def test_restore_by_hand_listing_refuses_a_newer_version(aws_env: None, tmp_path: Path) -> None:
-    ckpts = tmp_path / "ckpts"
-    ckpts.mkdir()
-    _make_checkpoints(ckpts)
-    listing = _listing()
-    assert listing["READS"] == fmt.FORMAT_VERSION
-    newer_version = fmt.FORMAT_VERSION + 1
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=BUCKET)
-        ckptsync.push(str(ckpts), f"s3://{BUCKET}/{PREFIX}")
-        newer = json.loads(_block("example-manifest", "json"))
-        newer["version"] = newer_version
-        key = fmt.manifest_key(PREFIX, newer["name"], newer["commit"])
-        s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(newer).encode())
-        with pytest.raises(
-            RuntimeError,
-            match=rf"format version {newer_version} is newer than this listing reads \({fmt.FORMAT_VERSION}\); restore this remote with ckptsync",
-        ):
-            listing["restore_latest"](BUCKET, PREFIX, str(tmp_path / "restored"), s3=s3)  # type: ignore[operator]
-        assert not (tmp_path / "restored").exists()
-
-
-def test_restore_by_hand_listing_returns_none_on_an_empty_remote(aws_env: None, tmp_path: Path) -> None:
-    restore_latest = _restore_by_hand()
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=BUCKET)
-        assert restore_latest(BUCKET, PREFIX, str(tmp_path / "restored"), s3=s3) is None  # type: ignore[operator]
-
-
-def test_restore_by_hand_listing_restores_this_hosts_part_of_the_newest_complete_checkpoint(aws_env: None, tmp_path: Path) -> None:
-    restore_latest = _restore_by_hand()
-    url = f"s3://{BUCKET}/{PREFIX}"
-
-    def push(host: str, step: int) -> Path:
-        folder = tmp_path / "src" / host / str(step)
-        ck = folder / f"checkpoint-{step}"
-        ck.mkdir(parents=True)
-        (ck / f"rank-{host}.bin").write_bytes(os.urandom(3000))
-        (ck / "trainer_state.json").write_text(json.dumps({"global_step": step}))  # the same on both hosts
-        ckptsync.push(folder, url, ckptsync.Options(host=host, hosts=("algo-1", "algo-2"), workers=1))
-        return ck
-
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=BUCKET)
-        # only algo-1's part of the example is committed: incomplete, never restored
-        v2 = json.loads(_v2_text())
-        s3.put_object(Bucket=BUCKET, Key=fmt.manifest_key(PREFIX, v2["name"], v2["commit"]), Body=_v2_text().encode())
-        assert restore_latest(BUCKET, PREFIX, str(tmp_path / "none"), s3=s3, host="algo-1") is None  # type: ignore[operator]
-
-        parts = {host: push(host, 10) for host in ("algo-1", "algo-2")}
-        push("algo-1", 20)  # algo-2 never commits checkpoint-20
-        for host, part in parts.items():
-            path = restore_latest(BUCKET, PREFIX, str(tmp_path / host), s3=s3, host=host)  # type: ignore[operator]
-            assert path == str(tmp_path / host / "checkpoint-10")
-            assert _files(Path(path)) == _files(part)
-        with pytest.raises(RuntimeError, match="host 'algo-9' has no part"):
-            restore_latest(BUCKET, PREFIX, str(tmp_path / "algo-9"), s3=s3, host="algo-9")  # type: ignore[operator]
-        # ckptsync makes the same choice
-        repo = open_repository(url)
-        result = recovery.restore(repo, tmp_path / "ckptsync", policy.Selector(), host="algo-2")
-        assert result is not None and result.name == "checkpoint-10"
-        assert _files(result.path) == _files(parts["algo-2"])
-
-
-def test_a_codec_newer_than_the_manifest_version_makes_it_invalid_not_newer(aws_env: None, tmp_path: Path) -> None:
-    for version in range(1, 3):
-        doc = json.loads(_v3_text())
-        doc["version"] = version
-        with pytest.raises(FormatError, match="needs format version 3") as e:
-            fmt.decode_manifest(json.dumps(doc).encode())
-        assert not isinstance(e.value, NewerFormatError)
-    # on a remote, such a manifest is skipped (by ckptsync and by the listing): the newest valid one is restored
-    ckpts = tmp_path / "ckpts"
-    ckpts.mkdir()
-    source = _make_checkpoints(ckpts)
-    url = f"s3://{BUCKET}/{PREFIX}"
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=BUCKET)
-        report = ckptsync.push(str(ckpts), url)
-        newest = next(r.manifest for r in report.results if r.name == "checkpoint-10")
-        assert newest is not None and newest.version == 4
-        for version, step in ((2, 99), (3, 98)):  # 2: codecs and parts too new; 3: parts too new
-            bad = json.loads(fmt.encode_manifest(newest))
-            bad.update(version=version, name=f"checkpoint-{step}", step=step, commit=fmt.new_commit_id(newest.created, "algo-1"))
-            with pytest.raises(FormatError, match="needs format version") as e:
-                fmt.decode_manifest(json.dumps(bad).encode())
-            assert not isinstance(e.value, NewerFormatError)
-            s3.put_object(Bucket=BUCKET, Key=fmt.manifest_key(PREFIX, bad["name"], bad["commit"]), Body=json.dumps(bad).encode())
-        path = _restore_by_hand()(BUCKET, PREFIX, str(tmp_path / "by-hand"), s3=s3)  # type: ignore[operator]
-        assert path == str(tmp_path / "by-hand" / "checkpoint-10") and _files(Path(path)) == _files(source)
-        result = recovery.restore(open_repository(url), tmp_path / "ckptsync", policy.Selector())
-        assert result is not None and result.name == "checkpoint-10"
 
 
 # ---------------------------------------------------------------- versions and the version-2 example
 
 
 def _v2_text() -> str:
-    return _block("example-manifest-v2", "json")
+    return docs.block(DESIGN, "example-manifest-v2", "json")
+
+
+def _v3_text() -> str:
+    return docs.block(DESIGN, "example-manifest-v3", "json")
 
 
 def _v2() -> fmt.Manifest:
-    return fmt.decode_manifest(_v2_text().encode("utf-8"), key="docs/FORMAT.md v2 example")
+    return fmt.decode_manifest(_v2_text().encode("utf-8"), key="docs/DESIGN.md v2 example")
 
 
 def _record(m: fmt.Manifest) -> ManifestRecord:
@@ -402,13 +204,25 @@ def _part(m: fmt.Manifest, host: str, *, seconds: float = 1.0, **changes: object
 
 
 def test_documented_versions_match_the_code() -> None:
-    text = DOC.read_text(encoding="utf-8")
-    m = re.search(r"<!-- format-versions -->\s*\n((?:\|.*\n)+)", text)
-    assert m, "no version table after <!-- format-versions -->"
-    versions = [int(row.split("|")[1]) for row in m.group(1).splitlines() if re.match(r"\|\s*\d+\s*\|", row)]
+    text = docs.text(FORMAT)
+    versions = [int(row[0]) for row in docs.table(FORMAT, "format-versions")]
     assert versions == list(range(1, len(versions) + 1))
     assert fmt.FORMAT_VERSION == max(versions), "the code reads a format version the document does not specify"
     assert text.startswith(f"# ckptsync on-storage format, versions {', '.join(map(str, versions[:-1]))} and {versions[-1]}\n")
+
+
+def test_a_codec_or_part_newer_than_the_manifest_version_makes_it_invalid_not_newer() -> None:
+    for version in range(1, 3):
+        doc = json.loads(_v3_text())
+        doc["version"] = version
+        with pytest.raises(FormatError, match="needs format version 3") as e:
+            fmt.decode_manifest(json.dumps(doc).encode())
+        assert not isinstance(e.value, NewerFormatError)
+    doc = json.loads(docs.block(FORMAT, "example-manifest-v4", "json"))
+    doc["version"] = 3
+    with pytest.raises(FormatError, match="needs format version 4") as e:
+        fmt.decode_manifest(json.dumps(doc).encode())
+    assert not isinstance(e.value, NewerFormatError)
 
 
 def test_example_v2_manifest_round_trips_as_a_multi_host_part() -> None:
@@ -421,34 +235,17 @@ def test_example_v2_manifest_round_trips_as_a_multi_host_part() -> None:
     assert original["hosts"] == ["algo-1", "algo-2"] and manifest.hosts == ("algo-1", "algo-2")
     assert manifest.host == "algo-1" and manifest.host in manifest.hosts
     assert manifest.extra == {}
-    # the key given in the text, and the other host's manifest beside it
-    doc = DOC.read_text(encoding="utf-8")
+    # the key given in the text, and the other host's manifest beside it (in both documents)
+    design = docs.text(DESIGN)
     key = fmt.manifest_key("", manifest.name, manifest.commit)
-    assert f"`{key}`" in doc
-    siblings = re.findall(r"[0-9]{8}T[0-9]{12}Z-algo-2-[0-9a-f]{16}\.json", doc)
+    assert f"`{key}`" in design
+    siblings = re.findall(r"[0-9]{8}T[0-9]{12}Z-algo-2-[0-9a-f]{16}\.json", design)
     assert siblings and all(fmt.parse_manifest_key(f"manifests/{manifest.name}/{s}") for s in siblings)
+    assert set(siblings) <= set(re.findall(r"[0-9]{8}T[0-9]{12}Z-algo-2-[0-9a-f]{16}\.json", docs.text(FORMAT)))
+    assert f"{manifest.commit}.json" in docs.text(FORMAT)
     # the shared trainer_state.json chunk named in the text is one of the example's chunks
     shared = next(f for f in manifest.files if f.path == "trainer_state.json").chunks[0]
-    assert f"`{fmt.chunk_key('', shared.hash, shared.codec)}`" in doc
-
-
-def test_push_writes_version_2_only_with_hosts_and_the_fields_of_the_example(tmp_path: Path) -> None:
-    example = json.loads(_v2_text())
-    for hosts, version in ((("algo-1", "algo-2"), 2), (("algo-1",), 1), ((), 1)):
-        folder = tmp_path / f"src-{len(hosts)}"
-        (folder / "checkpoint-1200").mkdir(parents=True)
-        (folder / "checkpoint-1200" / "rng_state_0.pth").write_bytes(os.urandom(1000))
-        remote = tmp_path / f"remote-{len(hosts)}"
-        remote.mkdir()
-        report = ckptsync.push(folder, f"file://{remote}", ckptsync.Options(host="algo-1", hosts=hosts, workers=1))
-        assert [r.status for r in report.results] == ["committed"]
-        [path] = (remote / "manifests").rglob("*.json")
-        written = json.loads(path.read_bytes())
-        assert written["version"] == version
-        if version == 2:
-            assert set(written) == set(example) and written["hosts"] == ["algo-1", "algo-2"]
-        else:  # the lowest version that can express the manifest; no hosts member
-            assert set(written) == set(example) - {"hosts"}
+    assert f"`{fmt.chunk_key('', shared.hash, shared.codec)}`" in design
 
 
 @pytest.mark.parametrize(
@@ -521,39 +318,33 @@ def test_multi_host_grouping_and_completeness_follow_the_document() -> None:
     assert policy.candidates([g for g in groups if g.complete], policy.Selector()) == [single_ck, ck]
 
 
-def test_prune_deletes_only_superseded_incomplete_multi_host_checkpoints(tmp_path: Path) -> None:
-    remote = tmp_path / "remote"
-    remote.mkdir()
-    hosts = ("algo-1", "algo-2")
-
-    def push(host: str, step: int) -> None:
-        folder = tmp_path / host / str(step)
-        (folder / f"checkpoint-{step}").mkdir(parents=True)
-        (folder / f"checkpoint-{step}" / f"rank-{host}.bin").write_bytes(os.urandom(100))
-        (folder / f"checkpoint-{step}" / "ckptsync.json").write_text(f'{{"step": {step}}}')
-        ckptsync.push(folder, f"file://{remote}", ckptsync.Options(host=host, hosts=hosts, workers=1))
-
-    push("algo-1", 20)  # algo-2 never commits checkpoint-20: superseded by checkpoint-30
-    push("algo-1", 30)
-    push("algo-2", 30)
-    push("algo-1", 40)  # still being committed: newer than the newest complete checkpoint
-    report = prune_mod.prune(open_repository(f"file://{remote}"), policy.Retention(keep_last=5), grace=timedelta(0), dry_run=True)
-    assert report.deleted == ["checkpoint-20"]
-    assert report.kept == ["checkpoint-40", "checkpoint-30"]
-
-
-# ---------------------------------------------------------------- version 3: byte grouping and tensor-aligned chunks
+def test_all_hosts_keeps_single_file_checkpoints_whole_and_refuses_conflicts() -> None:
+    base = _v2()
+    entry = dataclasses.replace(base.files[1], path="model.pt")
+    a1 = dataclasses.replace(base, name="model.pt", kind="file", files=(entry,))
+    a2 = _part(a1, "algo-2")
+    [ck] = catalog.group([_record(a1), _record(a2)])
+    merged = ck.merged().manifest
+    assert merged.kind == "file" and merged.files == (entry,)
+    different = dataclasses.replace(a2, files=(dataclasses.replace(entry, hash="0" * 64),))
+    [bad] = catalog.group([_record(a1), _record(different)])
+    with pytest.raises(UsageError, match="different contents"):
+        bad.merged()
+    # a path that is a file in one member and a folder in another
+    as_file = dataclasses.replace(base, files=(dataclasses.replace(base.files[1], path="state"),))
+    as_folder = dataclasses.replace(_part(base, "algo-2"), files=(dataclasses.replace(base.files[1], path="state/rank1.pt"),))
+    [clash] = catalog.group([_record(as_file), _record(as_folder)])
+    with pytest.raises(UsageError, match="file or a folder"):
+        clash.merged()
 
 
-def _v3_text() -> str:
-    return _block("example-manifest-v3", "json")
+# ---------------------------------------------------------------- byte grouping and tensor-aligned chunks
 
 
 def test_writers_use_the_lowest_version_that_can_express_the_manifest() -> None:
-    v1, v2, v3 = (
-        fmt.decode_manifest(_block(marker, "json").encode())
-        for marker in ("example-manifest", "example-manifest-v2", "example-manifest-v3")
-    )
+    v1 = fmt.decode_manifest(docs.block(FORMAT, "example-manifest", "json").encode())
+    v2 = fmt.decode_manifest(_v2_text().encode())
+    v3 = fmt.decode_manifest(_v3_text().encode())
     assert (v1.version, v2.version, v3.version) == (1, 2, 3)
     # byte grouping makes 3, with or without hosts; hosts alone make 2; else 1
     assert dataclasses.replace(v3, hosts=("algo-1", "algo-2")).version == 3
@@ -571,18 +362,18 @@ def test_writers_use_the_lowest_version_that_can_express_the_manifest() -> None:
 def test_example_v3_manifest_round_trips() -> None:
     text = _v3_text()
     original = json.loads(text)
-    manifest = fmt.decode_manifest(text.encode("utf-8"), key="docs/FORMAT.md v3 example")
+    manifest = fmt.decode_manifest(text.encode("utf-8"), key="docs/DESIGN.md v3 example")
     reencoded = json.loads(fmt.encode_manifest(manifest))
     assert json.dumps(reencoded, sort_keys=True) == json.dumps(original, sort_keys=True)
     assert original["version"] == 3 == manifest.version and "hosts" not in original
     assert {c.codec for f in manifest.files for c in f.chunks} & {"bg2", "bg4", "bg8"}
-    assert f"`{fmt.manifest_key('', manifest.name, manifest.commit)}`" in DOC.read_text(encoding="utf-8")
+    assert f"`{fmt.manifest_key('', manifest.name, manifest.commit)}`" in docs.text(DESIGN)
     assert manifest.extra == {}
 
 
 def test_example_safetensors_header_cuts_into_the_example_chunks() -> None:
-    flat = _flat()
-    header_doc = json.loads(_block("example-safetensors-header", "json"))
+    flat = docs.flat(DESIGN)
+    header_doc = json.loads(docs.block(DESIGN, "example-safetensors-header", "json"))
     n = int(re.search(r"padded with spaces to n = (\d+) bytes", flat).group(1))  # type: ignore[union-attr]
     header = json.dumps(header_doc, separators=(",", ":")).encode().ljust(n)
     assert len(header) == n and n % 8 == 0
@@ -596,12 +387,12 @@ def test_example_safetensors_header_cuts_into_the_example_chunks() -> None:
     # the first chunk is the length and the header, byte for byte
     assert hashlib.sha256(struct.pack("<Q", n) + header).hexdigest() == chunks[0]["hash"]
     # the table says the same as the chunker and the manifest
-    rows = _table("example-plan")
+    rows = docs.table(DESIGN, "example-plan")
     assert [int(r[0]) for r in rows] == list(range(1, len(plan) + 1))
     assert [int(r[1]) for r in rows] == [s.length for s in plan]
     assert [None if r[3] == "none" else int(r[3]) for r in rows] == [s.width for s in plan]
     assert [r[4].strip("`") for r in rows] == [c["codec"] for c in chunks]
-    # a chunk that comes with a width is byte-grouped with it, or raw (section 3.2, step 2)
+    # a chunk that comes with a width is byte-grouped with it, or raw (DESIGN.md, section 3, step 2)
     assert all(c["codec"] in (f"bg{s.width}", "raw") for s, c in zip(plan, chunks, strict=True) if s.width)
     # the tensors as the text describes them
     for name, info in header_doc.items():
@@ -610,37 +401,17 @@ def test_example_safetensors_header_cuts_into_the_example_chunks() -> None:
             assert f"`{name}` ({info['dtype']}" in flat and f"{end - start} bytes)" in flat
 
 
-def _bg4_example() -> bytes:
-    out = bytearray()
-    for line in _block("example-bg4", "").splitlines():
-        offset, *cells = line.split()
-        assert int(offset, 16) == len(out)
-        out += bytes.fromhex("".join(cells))
-    return bytes(out)
-
-
-def _bg4_example_ref() -> fmt.ChunkRef:
-    flat = _flat()
-    m = re.search(r'Its chunk entry is `\{"hash": "([0-9a-f]{64})", "size": (\d+), "stored": (\d+), "codec": "bg4"\}`', flat)
-    assert m, "the example's chunk entry is not stated"
-    ref = fmt.ChunkRef(m.group(1), int(m.group(2)), int(m.group(3)), "bg4")
-    assert ref in fmt.decode_manifest(_v3_text().encode()).chunk_refs().values()
-    assert f"`{fmt.chunk_key('', ref.hash, ref.codec)}`" in flat
-    return ref
-
-
 def test_example_bg4_object_decodes_to_its_chunk_with_the_documented_layout() -> None:
-    import zstandard
-
-    obj, ref = _bg4_example(), _bg4_example_ref()
+    obj, ref = docs.bg4_example(), docs.bg4_example_ref()
+    flat = docs.flat(FORMAT)
     assert len(obj) == ref.stored
     raw = codec.decode("bg4", obj, ref.size, ref.hash)
     width = codec.GROUPED["bg4"]
     count, tail = divmod(ref.size, width)
-    assert f"Its {ref.size} raw bytes give W = {width}, N = {count} and T = {tail}" in _flat()
+    assert f"Its {ref.size} raw bytes give W = {width}, N = {count} and T = {tail}" in flat
     assert obj[0] == width
     pos = 1 + 5 * width
-    rows = _table("example-bg4-planes")
+    rows = docs.table(FORMAT, "example-bg4-planes")
     assert len(rows) == width
     for i, row in enumerate(rows):
         kind, length = struct.unpack_from("<BI", obj, 1 + 5 * i)
@@ -656,78 +427,18 @@ def test_example_bg4_object_decodes_to_its_chunk_with_the_documented_layout() ->
     assert obj[pos:] == raw[count * width :] and len(obj) - pos == tail
     # what the text says about the contents
     assert raw[3::4] == b"\x3f" * 64 + b"\x40"
-    assert f"`{raw[:4].hex(' ')}` ({np.frombuffer(raw[:4], '<f4')[0]:.8g} as a little-endian fp32)" in _flat()
-    assert f"({np.frombuffer(raw[-4:], '<f4')[0]:.5g})" in _flat()
+    assert f"`{raw[:4].hex(' ')}` ({np.frombuffer(raw[:4], '<f4')[0]:.8g} as a little-endian fp32)" in flat
+    assert f"({np.frombuffer(raw[-4:], '<f4')[0]:.5g})" in flat
     # the real encoder makes the same choices for these bytes
     again = bytes(codec._group_encode(raw, width, rotate=False))
     assert again == obj
 
 
-def _regroup(obj: bytes, planes: list[tuple[int, bytes]], tail: bytes = b"") -> bytes:
-    return bytes([obj[0]]) + b"".join(struct.pack("<BI", k, len(b)) for k, b in planes) + b"".join(b for _, b in planes) + tail
-
-
-def _bg4_planes(obj: bytes) -> list[tuple[int, bytes]]:
-    pos, planes = 21, []
-    for i in range(4):
-        kind, length = struct.unpack_from("<BI", obj, 1 + 5 * i)
-        planes.append((kind, obj[pos : pos + length]))
-        pos += length
-    return planes
-
-
-def _corrupt(obj: bytes, how: str) -> bytes:
-    import zstandard
-
-    planes = _bg4_planes(obj)
-    plane3 = zstandard.ZstdDecompressor().decompress(planes[3][1])
-    if how == "width":
-        return bytes([2]) + obj[1:]
-    if how == "kind":
-        return _regroup(obj, [(2, planes[0][1]), *planes[1:]])
-    if how == "raw plane too long":
-        return _regroup(obj, [(0, planes[0][1] + b"\0"), *planes[1:]])
-    if how == "body past the end":
-        return obj[:2] + struct.pack("<I", 10**9) + obj[6:]
-    if how == "bytes after the tail":
-        return obj + b"\0"
-    if how == "frame declares another size":
-        frame = zstandard.ZstdCompressor(write_content_size=True).compress(plane3 + b"\x3f")
-        return _regroup(obj, [*planes[:3], (1, frame)])
-    if how == "frame inflates past N":
-        frame = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(64 << 20))
-        return _regroup(obj, [*planes[:3], (1, frame)])
-    if how == "frame too short":  # declares no size (ckptsync accepts that) and holds N - 1 bytes
-        frame = zstandard.ZstdCompressor(write_content_size=False).compress(plane3[:-1])
-        return _regroup(obj, [*planes[:3], (1, frame)])
-    raise AssertionError(how)
-
-
-@pytest.mark.parametrize(
-    "how",
-    [
-        "width",
-        "kind",
-        "raw plane too long",
-        "body past the end",
-        "bytes after the tail",
-        "frame declares another size",
-        "frame inflates past N",
-        "frame too short",
-    ],
-)
+@pytest.mark.parametrize("how", docs.CORRUPTIONS)
 def test_byte_grouped_decoding_rejects_what_the_document_rejects(how: str) -> None:
-    obj, ref = _bg4_example(), _bg4_example_ref()
-    bad = _corrupt(obj, how)
+    obj, ref = docs.bg4_example(), docs.bg4_example_ref()
     with pytest.raises(IntegrityError):
-        codec.decode("bg4", bad, ref.size, ref.hash)
-    with pytest.raises(ValueError):
-        _listing()["ungroup"](bad, 4, ref.size, "example")  # type: ignore[operator]
-
-
-def test_restore_by_hand_listing_decodes_the_bg4_example() -> None:
-    obj, ref = _bg4_example(), _bg4_example_ref()
-    assert _listing()["ungroup"](obj, 4, ref.size, "example") == codec.decode("bg4", obj, ref.size, ref.hash)  # type: ignore[operator]
+        codec.decode("bg4", docs.corrupt(obj, how), ref.size, ref.hash)
 
 
 def test_encoder_choices_follow_the_document(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -760,21 +471,17 @@ def test_encoder_choices_follow_the_document(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def _timing_table() -> dict[str, float]:
-    text = DOC.read_text(encoding="utf-8")
-    m = re.search(r"<!-- lock-timing -->\s*\n((?:\|.*\n)+)", text)
-    assert m, "no timing table after <!-- lock-timing -->"
+    """The protocol's timings (FORMAT.md) and ckptsync's own (DESIGN.md), by name, in seconds."""
     rows = {}
-    for line in m.group(1).splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        name, value = re.fullmatch(r"`(\w+)`", cells[0]), re.fullmatch(r"(\d+) s", cells[1])
-        if name and value:
+    for doc, marker in ((FORMAT, "lock-timing"), (DESIGN, "lock-timing-choices")):
+        for cells in docs.table(doc, marker):
+            name, value = re.fullmatch(r"`(\w+)`", cells[0]), re.fullmatch(r"(\d+) s", cells[1])
+            assert name and value, cells
             rows[name.group(1)] = float(value.group(1))
     return rows
 
 
 def test_lock_timings_match_the_code() -> None:
-    from ckptsync import cli
-
     stale = locks.STALE.total_seconds()
     assert _timing_table() == {
         "REFRESH": locks.REFRESH,
@@ -799,17 +506,15 @@ def test_lock_timings_match_the_code() -> None:
     [grace] = [p for p in cli.prune.params if p.name == "grace"]
     assert cli._duration(grace.default) == prune_mod.DEFAULT_GRACE
     # push and the daemon both clean leftovers through the session, with the one constant
-    from ckptsync.session import RemoteSession
-
     assert "STALE_WRITES" in inspect.getsource(RemoteSession.clean_stale_writes) and STALE_WRITES == timedelta(hours=24)
 
 
 def test_lock_keys_bodies_and_generation_are_as_documented(tmp_path: Path) -> None:
-    text = DOC.read_text(encoding="utf-8")
+    text = docs.text(FORMAT)
     assert locks.LOCKS_DIR == "locks" and "`locks/`" in text
     assert locks.GENERATION == "generation" and f"`{locks.LOCKS_DIR}/{locks.GENERATION}`" in text
-    grammar = re.compile(_block("lock-key-grammar", ""))
-    example = json.loads(_block("example-lock", "json"))
+    grammar = re.compile(docs.block(FORMAT, "lock-key-grammar", ""))
+    example = json.loads(docs.block(FORMAT, "example-lock", "json"))
     # the lock shown in the layout tree follows the grammar
     tree_locks = re.findall(r"[├└]── (\S+\.(?:shared|exclusive)\.json)\n", text)
     assert tree_locks and all(grammar.match(k) for k in tree_locks)
@@ -842,7 +547,7 @@ def test_lock_keys_bodies_and_generation_are_as_documented(tmp_path: Path) -> No
 
 
 def test_a_released_lock_is_never_written_again(tmp_path: Path) -> None:
-    assert "MUST NOT write its lock object after it has started to delete it" in _flat()
+    assert "MUST NOT write its lock object after it has started to delete it" in docs.flat(FORMAT)
     store = LocalStore(tmp_path)
     lock = locks.Lock(store, "", "shared")
     lock.write_and_look()
@@ -854,7 +559,15 @@ def test_a_released_lock_is_never_written_again(tmp_path: Path) -> None:
 def test_recheck_counts_every_gap_between_lock_writes_on_a_clock_that_counts_suspend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert "CLOCK_BOOTTIME" in inspect.getsource(locks.elapsed_clock) and "`CLOCK_BOOTTIME` on Linux" in _flat()
+    design = docs.flat(DESIGN)
+    assert "CLOCK_BOOTTIME" in inspect.getsource(locks.elapsed_clock) and "`CLOCK_BOOTTIME` on Linux" in design
+    # gaps run from the start of the earlier write to the end of the later one
+    assert "(from the start of the earlier write to the end of the later one)" in design
+    assert "end - self._last_start" in inspect.getsource(locks.Lock._write)
+    # the collector's deadline runs on the same clock, from before its lock write
+    assert "measures `COLLECT_LIMIT` from just before it writes its exclusive lock, on the same clock as L5" in design
+    collect = inspect.getsource(prune_mod._collect)
+    assert collect.index("started = locks.elapsed_clock()") < collect.index("lock.write_and_look()")
     recheck = _timing_table()["RECHECK"]
     clock = [1000.0]
     monkeypatch.setattr(locks, "elapsed_clock", lambda: clock[0])
@@ -875,11 +588,10 @@ def test_recheck_counts_every_gap_between_lock_writes_on_a_clock_that_counts_sus
     lock._write()  # ... after which the lock was rewritten
     clock[0] += 1
     assert not lock.fresh(), "a gap in the middle must trigger the check before commit"
-    # the re-check before commit waits for a running collection, then measures afresh
-    from ckptsync.session import RemoteSession
-
+    # the re-check before commit waits for a running collection, then measures afresh, and looks chunks up by hash and codec
     source = inspect.getsource(RemoteSession._still_stored)
     assert "locks.wait_for_collection(lock)" in source and "lock.max_gap = 0.0" in source
+    assert "(c.hash, c.codec) in present" in source and "It looks the manifest's chunks up by hash and codec" in design
 
 
 def test_lock_liveness_is_judged_against_the_observers_own_lock() -> None:
@@ -922,9 +634,9 @@ def test_lock_liveness_is_judged_against_the_observers_own_lock() -> None:
 
 
 def test_temporary_and_staging_names_are_as_documented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    text = DOC.read_text(encoding="utf-8")
-    assert "`.ckptsync-tmp-<last key component>.<12 hexadecimal digits>`" in text
-    assert f"`{STAGING_PREFIX}<pid>-<host>-<12 hexadecimal digits>`" in text
+    assert "`.ckptsync-tmp-<last key component>.<12 hexadecimal digits>`" in docs.flat(DESIGN)
+    assert "whose name starts with `.ckptsync-tmp-`" in docs.flat(FORMAT) and "Readers MUST ignore such files" in docs.flat(FORMAT)
+    assert f"`{STAGING_PREFIX}<pid>-<host>-<12 hexadecimal digits>`" in docs.flat(FORMAT)
 
     renamed: list[str] = []
     real_replace = os.replace
@@ -946,7 +658,7 @@ def test_temporary_and_staging_names_are_as_documented(tmp_path: Path, monkeypat
         raise RuntimeError("stop before fetching")
 
     monkeypatch.setattr(download, "_build", stop)
-    manifest = fmt.decode_manifest(_block("example-manifest", "json").encode("utf-8"))
+    manifest = fmt.decode_manifest(docs.block(FORMAT, "example-manifest", "json").encode("utf-8"))
     with pytest.raises(RuntimeError, match="stop before fetching"):
         download.restore_checkpoint(Repository(LocalStore(tmp_path / "remote")), _record(manifest), tmp_path / "target")
     slug = fsutil.staging_slug()
@@ -964,19 +676,16 @@ def test_temporary_and_staging_names_are_as_documented(tmp_path: Path, monkeypat
     ],
 )
 def test_the_host_slug_of_staging_folders_is_as_documented(monkeypatch: pytest.MonkeyPatch, hostname: str, slug: str) -> None:
-    flat = _flat()
     assert (
-        "with every character that is neither a letter, a digit, `.` nor `_` replaced by `_` (so it contains no `-`), cut to 63 characters, or `host` if empty"
-        in flat
+        "with every character that is neither an ASCII letter, a digit, `.` nor `_` replaced by `_` (so it contains no `-`), cut to 63 characters, or `host` if empty"
+        in docs.flat(FORMAT)
     )
     monkeypatch.setattr(socket, "gethostname", lambda: hostname)
     assert fsutil.staging_slug() == slug
 
 
 def test_dead_staging_folders_are_removed_only_when_made_on_this_host(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
+    assert "It leaves alone those whose name carries the host slug of another machine" in docs.flat(DESIGN)
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     dead, alive, me = int(done.stdout), os.getppid(), fsutil.staging_slug()
     other = "not_" + me[:50]
@@ -994,28 +703,19 @@ def test_dead_staging_folders_are_removed_only_when_made_on_this_host(tmp_path: 
     assert {n: (tmp_path / n).exists() for n in names} == names
 
 
-def test_chunks_of_unknown_age_are_never_collected(tmp_path: Path) -> None:
-    assert "MUST NOT be deleted; ckptsync deletes none" in _flat()
-
-    class NoChunkTimes(LocalStore):
-        def list(self, prefix: str) -> list[ObjectInfo]:
-            return [ObjectInfo(o.key, o.size, None) if o.key.startswith("chunks/") else o for o in super().list(prefix)]
-
-    digest = hashlib.sha256(b"referenced by nothing").hexdigest()
-    for store_type, kept in ((LocalStore, False), (NoChunkTimes, True)):
-        root = tmp_path / store_type.__name__
-        root.mkdir()
-        store = store_type(root)
-        store.put(fmt.chunk_key("", digest, "raw"), b"referenced by nothing")
-        report = prune_mod.prune(Repository(store), policy.Retention(keep_last=1), grace=timedelta(0))
-        assert report.collection_deferred is None
-        assert (root / fmt.chunk_key("", digest, "raw")).exists() == kept
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
 
 
 def test_multipart_cleanup_touches_only_ckptsync_key_families(aws_env: None) -> None:
-    from ckptsync.store.s3 import S3Store
-
-    assert "(`<prefix>/chunks/`, `<prefix>/manifests/`, `<prefix>/locks/`)" in _flat()
+    assert "(`<prefix>/chunks/`, `<prefix>/manifests/`, `<prefix>/locks/`)" in docs.flat(DESIGN)
     ours = [f"{PREFIX}/chunks/ab/x.raw", f"{PREFIX}/manifests/n/y.json", f"{PREFIX}/locks/z.shared.json"]
     others = [f"{PREFIX}/other/w.bin", f"{PREFIX}/chunksmith.bin", "chunks/at-the-root.raw"]
     with mock_aws():
@@ -1027,23 +727,3 @@ def test_multipart_cleanup_touches_only_ckptsync_key_families(aws_env: None) -> 
         assert store.cleanup(PREFIX + "/", timedelta(0)) == len(ours)
         left = {u["Key"] for u in s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])}
         assert left == set(others)
-
-
-def test_all_hosts_keeps_single_file_checkpoints_whole_and_refuses_conflicts() -> None:
-    base = _v2()
-    entry = dataclasses.replace(base.files[1], path="model.pt")
-    a1 = dataclasses.replace(base, name="model.pt", kind="file", files=(entry,))
-    a2 = _part(a1, "algo-2")
-    [ck] = catalog.group([_record(a1), _record(a2)])
-    merged = ck.merged().manifest
-    assert merged.kind == "file" and merged.files == (entry,)
-    different = dataclasses.replace(a2, files=(dataclasses.replace(entry, hash="0" * 64),))
-    [bad] = catalog.group([_record(a1), _record(different)])
-    with pytest.raises(UsageError, match="different contents"):
-        bad.merged()
-    # a path that is a file in one member and a folder in another
-    as_file = dataclasses.replace(base, files=(dataclasses.replace(base.files[1], path="state"),))
-    as_folder = dataclasses.replace(_part(base, "algo-2"), files=(dataclasses.replace(base.files[1], path="state/rank1.pt"),))
-    [clash] = catalog.group([_record(as_file), _record(as_folder)])
-    with pytest.raises(UsageError, match="file or a folder"):
-        clash.merged()

@@ -18,9 +18,9 @@ from ckptsync.repository import Repository
 from ckptsync.session import RemoteSession
 from ckptsync.store import LocalStore
 from ckptsync.upload import Uploader, UploadStats
+from tests import docs
+from tests.docs import FORMAT
 from tests.helpers import tree
-
-DOC = Path(__file__).resolve().parents[2] / "docs" / "FORMAT.md"
 
 
 @pytest.fixture
@@ -163,12 +163,7 @@ def test_a_failing_store_returns_every_packed_byte_to_the_budget(remote: str, tm
 
 
 def _v4_text() -> str:
-    import re
-
-    text = DOC.read_text(encoding="utf-8")
-    m = re.search(r"<!-- example-manifest-v4 -->\s*```json\n(.*?)\n```", text, re.DOTALL)
-    assert m, "no example-manifest-v4 block in docs/FORMAT.md"
-    return m.group(1)
+    return docs.block(FORMAT, "example-manifest-v4", "json")
 
 
 def test_the_documented_v4_example_is_a_pack_of_four_files() -> None:
