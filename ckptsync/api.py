@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from . import policy
 from .catalog import Checkpoint, group
 from .errors import CkptsyncError, UsageError
-from .options import Options
+from .options import CONNECTION, Options, resolve
 from .repository import ManifestRecord, Repository
 from .retention import DEFAULT_GRACE, PruneReport
 from .retention import prune as _prune
@@ -32,9 +32,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def default_options(command: str = "") -> Options:
+    """The options when the caller gives none: ``CKPTSYNC_*`` variables, the config file, SageMaker, defaults."""
+    return resolve(CONNECTION, command=command).options()
+
+
 def open_repository(remote: str, options: Options | None = None, *, wrap: StoreWrapper | None = None) -> Repository:
     """Parse a remote URI and build its store stack (backend, retries)."""
-    opts = options or Options()
+    opts = options or default_options()
     r = parse_remote(remote)
     s3 = replace(opts.s3, max_connections=max(opts.s3.max_connections, opts.workers + 4))
     store = open_remote(r, s3, opts.retry, wrap, bwlimit=opts.bwlimit)
@@ -71,7 +76,7 @@ def push(
     """
     from .checkpoint import check_folder
 
-    opts = options or Options()
+    opts = options or default_options()
     folder = check_folder(Path(dir))
     with open_repository(remote, opts, wrap=wrap) as repo:
         return _push(folder, repo, opts, progress)
@@ -124,7 +129,7 @@ def restore(
     from .recovery import Selector
     from .recovery import restore as _restore
 
-    opts = options or Options()
+    opts = options or default_options()
     sel = Selector(how=select, metric=metric, mode=mode, name=name, step=step)
     with open_repository(remote, opts, wrap=wrap) as repo:
         return _restore(
@@ -141,7 +146,7 @@ def restore(
 
 def list_checkpoints(remote: str, options: Options | None = None, *, wrap: StoreWrapper | None = None) -> list[Checkpoint]:
     """Every committed checkpoint of a remote, newest first (multi-host ones grouped, complete or not)."""
-    with open_repository(remote, options, wrap=wrap) as repo:
+    with open_repository(remote, options or default_options(), wrap=wrap) as repo:
         return policy.by_latest(group(repo.load_manifests()))
 
 
@@ -157,7 +162,7 @@ def verify(
     """Check that every committed checkpoint's chunks exist (``deep``: and hash right)."""
     from .verification import verify as _verify
 
-    opts = options or Options()
+    opts = options or default_options()
     with open_repository(remote, opts, wrap=wrap) as repo:
         reports = _verify(repo, name=name, deep=deep, workers=opts.workers, progress=progress)
     return sorted(reports, key=lambda r: policy.latest_key(r.record.manifest), reverse=True)
@@ -180,7 +185,7 @@ def prune(
     """
     if not rules.active:
         raise UsageError("no retention rule given", "pass --keep-last N, --keep-best K --metric NAME, or --keep-every STEPS")
-    opts = options or Options()
+    opts = options or default_options()
     with open_repository(remote, opts, wrap=wrap) as repo:
         return _prune(repo, rules, grace=grace, dry_run=dry_run, host=opts.host or "")
 

@@ -38,7 +38,7 @@ from .readiness import Entry, Observation, Tracker
 from .repository import Repository
 from .session import UploadResult, describe
 from .spot import SpotNoticePoller
-from .state import State
+from .state import State, default_state_dir
 from .status import DaemonReport, InFlight, LastCommit, Phase, Status
 from .watcher import FolderWatcher
 from .worker import Outcome, RemoteLink, UploadWorker
@@ -101,6 +101,23 @@ class Daemon:
             nice=options.nice,
         )
         self._control = threading.Thread(target=self._control_loop, name="ckptsync-control", daemon=True)
+
+    @classmethod
+    def open(
+        cls,
+        folder: Path,
+        remote: str,
+        options: Options,
+        watch: WatchOptions,
+        *,
+        state_dir: Path | None = None,
+        on_commit: Callable[[UploadResult], None] | None = None,
+    ) -> Daemon:
+        """A daemon for ``folder`` and ``remote``, its state in ``state_dir`` (default: one per folder and remote)."""
+        from .api import open_repository
+
+        state = State(state_dir or default_state_dir(folder, remote))
+        return cls(folder, open_repository(remote, options), options, watch, state=state, on_commit=on_commit)
 
     # ------------------------------------------------------------ lifecycle
 

@@ -20,9 +20,12 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from .daemon import Daemon
 from .status import DaemonReport
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
 
 log = logging.getLogger(__name__)
 

@@ -66,3 +66,17 @@ def model_dir(env: Env = os.environ) -> Path | None:
     """``SM_MODEL_DIR``: the folder SageMaker packages as the model artefact."""
     value = env.get("SM_MODEL_DIR")
     return Path(value) if value else None
+
+
+def write_report(doc: Mapping[str, object], env: Env = os.environ) -> Path | None:
+    """Write the sync report into ``SM_OUTPUT_DATA_DIR`` (atomically); its path, or None outside SageMaker.
+
+    Raises OSError when the folder cannot be written.
+    """
+    from .fsutil import write_json_atomic
+
+    folder = output_data_dir(env)
+    if folder is None:
+        return None
+    write_json_atomic(folder / REPORT_FILE, dict(doc))
+    return folder / REPORT_FILE

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import fields
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .api import open_repository
 from .daemon import Daemon
 from .errors import UsageError
-from .options import Options, WatchOptions
-from .policy import Retention
-from .state import State, default_state_dir
+from .options import DAEMON, WATCH_TIMINGS, resolve
+from .session import UploadResult
 from .status import DaemonReport, Status
-from .store import S3Options
-
-_S3 = {f.name for f in fields(S3Options)}
-_WATCH = {f.name for f in fields(WatchOptions)} - {"retention"}
-_RETENTION = {f.name for f in fields(Retention)}
-_OPTIONS = {"workers", "max_memory", "host", "hosts"}
 
 
 class Syncer:
@@ -33,38 +25,42 @@ class Syncer:
         with ckptsync.Syncer("/opt/ml/checkpoints", "s3://bucket/run-1", keep_last=3):
             train()
 
-    Keyword options are those of ``ckptsync watch``: ``settle``, ``drain_timeout``,
-    ``keep_last``, ``keep_best``, ``metric``, ``mode``, ``keep_every``, ``grace``,
-    ``endpoint_url``, ``region``, ``workers``, ``state_dir``, ...
+    Keyword options are those of ``ckptsync watch``, with ``_`` for ``-``
+    (``settle``, ``drain_timeout``, ``keep_last``, ``metric``, ``grace``,
+    ``endpoint_url``, ``workers``, ``bwlimit``, ``nice``, ``retries``,
+    ``state_dir``, ``config``, ...), resolved like flags: above ``CKPTSYNC_*``
+    variables, the config file and SageMaker's environment; logging is the
+    application's to configure. ``on_commit`` is called with each new commit,
+    from the upload thread.
     """
 
-    def __init__(self, dir: str | os.PathLike[str], remote: str, **options: Any) -> None:
-        self.dir = Path(dir)
-        self.remote = remote
-        unknown = set(options) - _S3 - _WATCH - _RETENTION - _OPTIONS - {"state_dir"}
+    def __init__(
+        self,
+        dir: str | os.PathLike[str],
+        remote: str,
+        *,
+        on_commit: Callable[[UploadResult], None] | None = None,
+        **options: Any,
+    ) -> None:
+        accepted = {*DAEMON, "config"}
+        unknown = set(options) - accepted - set(WATCH_TIMINGS)
         if unknown:
-            raise UsageError(f"unknown Syncer option(s): {', '.join(sorted(unknown))}")
-        s3 = S3Options(**{k: v for k, v in options.items() if k in _S3})
-        base = Options()
-        self.options = Options(
-            s3=s3,
-            workers=options.get("workers", base.workers),
-            max_memory=options.get("max_memory", base.max_memory),
-            host=options.get("host"),
-            hosts=tuple(options.get("hosts", ())),
-        )
-        retention = Retention(**{k: v for k, v in options.items() if k in _RETENTION})
-        if retention.active:
-            retention.check()
-        self.watch = WatchOptions(retention=retention, **{k: v for k, v in options.items() if k in _WATCH})
-        self.state_dir = Path(options["state_dir"]) if options.get("state_dir") else default_state_dir(self.dir, remote)
+            raise UsageError(f"unknown Syncer option(s): {', '.join(sorted(unknown))}", "use the options of 'ckptsync watch'")
+        given = {k: v for k, v in options.items() if k in accepted}
+        timings = {k: float(v) for k, v in options.items() if k in WATCH_TIMINGS}
+        self.settings = resolve(DAEMON, {**given, "dir": dir, "remote": remote}, command="watch", given_as="argument")
+        self.dir = Path(self.settings["dir"])
+        self.remote = self.settings.remote()
+        self.options = self.settings.options()
+        self.watch = self.settings.watch(**timings)
+        self.state_dir: Path | None = self.settings["state_dir"]
+        self.on_commit = on_commit
         self.daemon: Daemon | None = None
         self.report: DaemonReport | None = None
 
     def start(self) -> Syncer:
         self.dir.mkdir(parents=True, exist_ok=True)
-        repo = open_repository(self.remote, self.options)
-        self.daemon = Daemon(self.dir, repo, self.options, self.watch, state=State(self.state_dir))
+        self.daemon = Daemon.open(self.dir, self.remote, self.options, self.watch, state_dir=self.state_dir, on_commit=self.on_commit)
         self.daemon.start()
         return self
 
@@ -81,7 +77,7 @@ class Syncer:
         limit = self.watch.drain_timeout if timeout is None else timeout
         self.daemon.drain(deadline=time.monotonic() + limit, writers_gone=True, reason="Syncer stopped")
         self.report = self.daemon.wait()
-        self.daemon.repo.store.close()
+        self.daemon.repo.close()
         return self.report
 
     def __enter__(self) -> Syncer:

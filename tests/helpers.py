@@ -1,4 +1,4 @@
-"""Builders of realistic checkpoint folders and comparisons, shared by the tests."""
+"""What the tests share: running the CLI, waiting for a condition, building checkpoint folders, comparing trees."""
 
 from __future__ import annotations
 
@@ -6,9 +6,49 @@ import hashlib
 import json
 import os
 import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
+
+#: Environment variables of the machine that must not reach a ckptsync under test.
+FOREIGN_ENV = ("AWS_", "CKPTSYNC_", "SM_", "RCLONE_")
+
+
+def clean_env(extra: Mapping[str, str] | None = None, server: Any = None) -> dict[str, str]:
+    """This process's environment without AWS, ckptsync and SageMaker settings, plus a server's and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN_ENV)}
+    if server is not None:
+        env.update(server.env())
+    env.update(extra or {})
+    return env
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, server: Any = None, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``ckptsync ARGS...`` as a subprocess, in a clean environment (see :func:`clean_env`)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ckptsync", *args], env=clean_env(env, server), capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
+
+
+def wait_until(predicate: Callable[[], T | None], timeout: float = 30.0, message: str = "", interval: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {message or predicate!r}")
+        time.sleep(interval)
 
 
 def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:

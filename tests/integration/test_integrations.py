@@ -167,7 +167,8 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
 
     class RecordingDaemon(real):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.setdefault("on_commit", rec)
+            if kwargs.get("on_commit") is None:
+                kwargs["on_commit"] = rec
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(ckptsync.syncer, "Daemon", RecordingDaemon)

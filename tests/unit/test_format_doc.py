@@ -41,7 +41,7 @@ import pytest
 import zstandard
 from moto import mock_aws
 
-from ckptsync import catalog, chunking, cli, codec, download, fsutil, locks, policy
+from ckptsync import catalog, chunking, codec, download, fsutil, locks, options, policy
 from ckptsync import format as fmt
 from ckptsync.chunking import CHUNK_SIZE
 from ckptsync.errors import FormatError, IntegrityError, NewerFormatError, UsageError
@@ -503,8 +503,7 @@ def test_lock_timings_match_the_code() -> None:
     )
     assert "wait_for_collection(lock" in inspect.getsource(locks.acquire_shared)
     # the CLI's --grace default and the daemon's leftover age are the documented ones
-    [grace] = [p for p in cli.prune.params if p.name == "grace"]
-    assert cli._duration(grace.default) == prune_mod.DEFAULT_GRACE
+    assert options.SETTINGS["grace"].default_value() == prune_mod.DEFAULT_GRACE
     # push and the daemon both clean leftovers through the session, with the one constant
     assert "STALE_WRITES" in inspect.getsource(RemoteSession.clean_stale_writes) and STALE_WRITES == timedelta(hours=24)
 
