@@ -25,21 +25,19 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import completion
 from .backoff import Backoff
-from .checkpoint import LocalCheckpoint, check_folder, list_entries, scan_entry, sidecar_marker
-from .errors import CkptsyncError
+from .checkpoint import LocalCheckpoint, check_folder
 from .executor import lower_priority
 from .format import format_time
 from .notify import sd_notify, watchdog_period
+from .observer import FolderObserver
 from .options import Options, WatchOptions
-from .progress import human_bytes
-from .readiness import Entry, Observation, Tracker
+from .readiness import Entry, Tracker
 from .repository import Repository
-from .session import UploadResult, describe
+from .session import UploadResult, log_result
 from .spot import SpotNoticePoller
 from .state import State, default_state_dir
-from .status import DaemonReport, InFlight, LastCommit, Phase, Status
+from .status import DaemonReport, Journal, Phase, Status
 from .watcher import FolderWatcher
 from .worker import Outcome, RemoteLink, UploadWorker
 
@@ -74,20 +72,19 @@ class Daemon:
         self.clock = clock
         self.wall = wall
         self.on_commit = on_commit
-        self.report = DaemonReport()
+        self.journal = Journal()
         self.tracker = Tracker(settle=watch.settle, retry_initial=watch.retry_initial, retry_max=watch.retry_max)
         self.link = RemoteLink(repo, options, Backoff(watch.retry_initial, watch.retry_max))
         self._lock = threading.Lock()
+        self.observer = FolderObserver(
+            self.folder, self.tracker, self._lock, state=state, require_marker=watch.require_marker, clock=clock, wall=wall
+        )
         self._wake = threading.Event()
         self._cancel = threading.Event()
         self._stopped = threading.Event()
-        self._busy: Entry | None = None
-        self._progress = [0, 0]
         self._deadline: float | None = None
         self._rescan_now = False
         self._started = clock()
-        self._errors: list[str] = []
-        self._last_commit: LastCommit | None = None
         self._phase: Phase = "starting"
         self._watcher = FolderWatcher(self.folder, self._on_change, poll=watch.poll, poll_interval=watch.poll_interval)
         self._spot: SpotNoticePoller | None = None
@@ -96,8 +93,8 @@ class Daemon:
             self.link,
             clock=clock,
             cancel=self._cancel,
-            progress=self._on_progress,
             done=self._on_outcome,
+            idle=self._wake.set,
             nice=options.nice,
         )
         self._control = threading.Thread(target=self._control_loop, name="ckptsync-control", daemon=True)
@@ -125,10 +122,8 @@ class Daemon:
         """Connect to the remote, start watching and uploading. Raises on errors that cannot heal."""
         self.link.try_connect(self.clock())
         mode = self._watcher.start()
-        now = self.clock()
-        for name in list_entries(self.folder):
-            self.tracker.discovered(name, self._settled_time(name, now))
-        log.info("watching %s (%s) -> %s: %d entries", self.folder, mode, self.repo.url, len(self.tracker.entries))
+        found = self.observer.discover()
+        log.info("watching %s (%s) -> %s: %d entries", self.folder, mode, self.repo.url, found)
         if self.watch.spot_notice:
             self._spot = SpotNoticePoller(self._on_spot_notice, endpoint=self.watch.imds_endpoint, interval=self.watch.spot_interval)
             self._spot.start()
@@ -172,6 +167,11 @@ class Daemon:
         return self.report
 
     @property
+    def report(self) -> DaemonReport:
+        """What the daemon did so far (complete once it stopped)."""
+        return self.journal.report
+
+    @property
     def stopped(self) -> bool:
         return self._stopped.is_set()
 
@@ -183,14 +183,8 @@ class Daemon:
     # ------------------------------------------------------------ events (watcher and spot threads)
 
     def _on_change(self, name: str, kind: str) -> None:
-        if name.endswith(completion.SIDECAR_SUFFIX):  # a single file's marker: its checkpoint changed
-            name, kind = name[: -len(completion.SIDECAR_SUFFIX)], "change"
-        if not completion.is_checkpoint_name(name):
-            return
-        writing = kind == "write" and self._watcher.mode == "native" and (self.folder / name).is_file()
-        with self._lock:
-            self.tracker.changed(name, kind, self.clock(), writing=writing)  # type: ignore[arg-type]
-        self._wake.set()
+        if self.observer.changed(name, kind, native=self._watcher.mode == "native"):
+            self._wake.set()
 
     def _on_spot_notice(self, body: str) -> None:
         log.warning("spot interruption notice received (%s): syncing every complete checkpoint now", body.strip()[:200])
@@ -200,16 +194,14 @@ class Daemon:
             self._rescan_now = True
         self._wake.set()
 
-    def _on_progress(self, n: int) -> None:
-        self._progress[0] += n
-
     # ------------------------------------------------------------ control loop
 
     def _control_loop(self) -> None:
         lower_priority(self.options.nice)
-        last_status = last_ping = 0.0
-        last_rescan = self.clock()
         ping = watchdog_period()
+        pinger = Every(ping or 0.0, lambda: sd_notify("WATCHDOG=1"))
+        status = Every(self.watch.status_interval, self._write_status)
+        rescan = Every(self.watch.rescan_interval, lambda: self.observer.rescan(self.clock()), start=self.clock())
         # systemd kills a service whose pings come later than WATCHDOG_USEC: wake often enough.
         tick = min(self.watch.tick, ping) if ping else self.watch.tick
         try:
@@ -220,18 +212,12 @@ class Daemon:
                 self._wake.wait(wait)
                 self._wake.clear()
                 now = self.clock()
-                if self._rescan_now or now - last_rescan >= self.watch.rescan_interval:
-                    self._rescan_now = False
-                    self._rescan(now)
-                    last_rescan = now
-                self._evaluate_all(now)
+                force, self._rescan_now = self._rescan_now, False
+                rescan(now, force=force)
+                self.observer.evaluate(now)
                 self._dispatch(now)
-                if ping and now - last_ping >= ping:
-                    sd_notify("WATCHDOG=1")
-                    last_ping = now
-                if now - last_status >= self.watch.status_interval:
-                    self._write_status()
-                    last_status = now
+                pinger(now)
+                status(now)
                 if self._finished(now):
                     break
         except Exception:  # a bug must not leave the process hanging without a report
@@ -239,51 +225,14 @@ class Daemon:
         finally:
             self._shutdown()
 
-    def _rescan(self, now: float) -> None:
-        """Safety net for missed events (inotify queue overflow, polling gaps)."""
-        try:
-            names = list_entries(self.folder)
-        except CkptsyncError as exc:
-            log.warning("cannot list %s: %s", self.folder, exc.message)
-            return
-        with self._lock:
-            self.tracker.rescanned(names, now)
-
-    def _evaluate_all(self, now: float) -> None:
-        with self._lock:
-            names = self.tracker.to_evaluate()
-        for name in names:
-            self._evaluate(name, now)
-
-    def _evaluate(self, name: str, now: float) -> None:
-        """Scan one entry (outside the lock: it reads the disk) and let the tracker decide."""
-        try:
-            ckpt = scan_entry(self.folder / name)
-        except (FileNotFoundError, NotADirectoryError):
-            with self._lock:
-                self.tracker.gone(name)
-            return
-        except OSError as exc:
-            log.debug("cannot scan %s: %s", name, exc)
-            return
-        marker = sidecar_marker(self.folder / name) is not None if ckpt.kind == "file" else False
-        verdict = completion.assess(
-            ckpt.kind, (f.relpath for f in ckpt.files), require_marker=self.watch.require_marker, marker_present=marker, name=name
-        )
-        cached = self.state is not None and self.state.is_committed(ckpt) is not None
-        with self._lock:
-            self.tracker.observe(name, Observation(ckpt, verdict, cached), now, self.wall())
-
     def _dispatch(self, now: float) -> None:
         with self._lock:
-            if self._busy is not None or (self._deadline is not None and now >= self._deadline) or not self.link.usable(now):
+            if self._worker.busy or (self._deadline is not None and now >= self._deadline) or not self.link.usable(now):
                 return
             e = self.tracker.next_upload(now)
             if e is None:
                 return
-            self._busy = e
-            self._progress = [0, e.ckpt.size if e.ckpt else 0]
-        self._worker.submit(e)
+            self._worker.submit(e)
 
     def _finished(self, now: float) -> bool:
         with self._lock:
@@ -292,8 +241,8 @@ class Daemon:
             if self._deadline is not None and now >= self._deadline:
                 self._cancel.set()
                 # Give the upload in flight a moment to stop between chunks, no more.
-                return self._busy is None or now >= self._deadline + _CANCEL_GRACE
-            if self._busy is not None:
+                return not self._worker.busy or now >= self._deadline + _CANCEL_GRACE
+            if self._worker.busy:
                 return False
             waiting = self.tracker.queue()
             if self.link.session is None and waiting:
@@ -303,89 +252,40 @@ class Daemon:
     # ------------------------------------------------------------ upload outcomes (worker thread)
 
     def _on_outcome(self, outcome: Outcome) -> None:
-        try:
-            if outcome.result is None:
-                self._failed(outcome.entry, outcome.error or "unknown error")
-            else:
-                self._finish(outcome.entry, outcome.ckpt, outcome.result)
-        finally:
+        e, result = outcome.entry, outcome.result
+        if result is None:
+            message = outcome.error or "unknown error"
             with self._lock:
-                self._busy = None
-            self._wake.set()
+                delay = self.tracker.failed(e, message, self.clock())
+                self.journal.failed(e.name, message, self._timestamp())
+            log.warning("upload of %s failed (%s); retrying in %.0fs", e.name, message, delay)
+            return
+        self._record(e, result)
+        log_result(result)
+        if result.status in ("committed", "unchanged") and outcome.ckpt is not None:
+            self._after_commit(outcome.ckpt, result)
 
-    def _finish(self, e: Entry, ckpt: LocalCheckpoint | None, result: UploadResult) -> None:
+    def _record(self, e: Entry, result: UploadResult) -> None:
+        """Move the entry on, and count a new commit."""
         with self._lock:
-            if result.status in ("committed", "unchanged"):
-                self.tracker.committed(e)
-                if result.status == "committed":
-                    self._count_commit(e, result)
-            elif result.status == "vanished":
-                self.tracker.vanished(e)
-            elif result.status == "changed":
-                self.tracker.changed_during_upload(e, result.reason, self.clock())
-            else:  # cancelled
-                self.tracker.interrupted(e, result.reason)
-        self._log_result(result)
-        if result.status in ("committed", "unchanged") and ckpt is not None:
-            if self.state is not None:
-                self.state.record(ckpt, result.manifest.commit)  # type: ignore[union-attr]
-            if self.on_commit is not None and result.status == "committed":
-                try:
-                    self.on_commit(result)
-                except Exception:
-                    log.exception("post-commit hook failed")
-            if result.status == "committed" and self.watch.retention.active:
-                self._apply_retention()
+            self.tracker.uploaded(e, result.status, result.reason, self.clock())
+            if result.status == "committed" and result.manifest is not None:
+                m, st = result.manifest, result.stats
+                self.journal.committed(e.name, m.commit, m.step, st.uploaded_bytes, st.raw_bytes, self._timestamp())
 
-    def _count_commit(self, e: Entry, result: UploadResult) -> None:
+    def _after_commit(self, ckpt: LocalCheckpoint, result: UploadResult) -> None:
+        """Remember the commit locally, tell the hook, apply retention."""
         assert result.manifest is not None
-        self.report.committed.append(e.name)
-        self.report.bytes_uploaded += result.stats.uploaded_bytes
-        self.report.bytes_raw += result.stats.raw_bytes
-        self._last_commit = LastCommit(e.name, result.manifest.commit, format_time(self._now()), result.manifest.step)
-
-    @staticmethod
-    def _log_result(result: UploadResult) -> None:
-        if result.status == "vanished":
-            log.info("%s was deleted during upload (rotated away); dropped", result.name)
-        elif result.status == "changed":
-            log.info("%s changed during upload (%s); waiting for it to settle again", result.name, result.reason)
-        else:
-            st = result.stats
-            fields = {
-                "event": result.status,
-                "checkpoint": result.name,
-                "files": st.files,
-                "raw_bytes": st.raw_bytes,
-                "stored_bytes": st.stored_bytes,
-                "uploaded_bytes": st.uploaded_bytes,
-                "seconds": round(st.seconds, 3),
-            }
-            log.info("%s", describe(result), extra={"fields": fields})
-
-    def _apply_retention(self) -> None:
-        session = self.link.session
-        if session is None:
+        if self.state is not None:
+            self.state.record(ckpt, result.manifest.commit)
+        if result.status != "committed":
             return
-        try:
-            report = session.apply_retention(self.watch.retention, self.watch.grace)
-        except CkptsyncError as exc:
-            log.warning("retention skipped this time: %s", exc.message)
-            return
-        if report.manifests_deleted or report.chunks_deleted:
-            log.info(
-                "retention: deleted %s; %d chunks (%s) collected",
-                ", ".join(report.deleted) or "no checkpoint",
-                report.chunks_deleted,
-                human_bytes(report.bytes_freed),
-            )
-
-    def _failed(self, e: Entry, message: str) -> None:
-        with self._lock:
-            delay = self.tracker.failed(e, message, self.clock())
-            self.report.failures += 1
-            self._errors = (self._errors + [f"{format_time(self._now())} {e.name}: {message}"])[-10:]
-        log.warning("upload of %s failed (%s); retrying in %.0fs", e.name, message, delay)
+        if self.on_commit is not None:
+            try:
+                self.on_commit(result)
+            except Exception:
+                log.exception("post-commit hook failed")
+        self.link.apply_retention(self.watch.retention, self.watch.grace)
 
     # ------------------------------------------------------------ status and shutdown
 
@@ -393,7 +293,6 @@ class Daemon:
         """The daemon's state, as written to the status file."""
         now = self.clock()
         with self._lock:
-            busy = self._busy
             oldest_ready = self.tracker.oldest_ready()
             return Status(
                 pid=os.getpid(),
@@ -401,17 +300,17 @@ class Daemon:
                 folder=str(self.folder),
                 remote=self.repo.url,
                 watcher=self._watcher.mode,
-                updated=format_time(self._now()),
+                updated=self._timestamp(),
                 uptime_seconds=round(now - self._started, 1),
                 queue=[e.name for e in self.tracker.queue()],
                 pending=self.tracker.pending(),
-                in_flight=None if busy is None else InFlight(busy.name, self._progress[0], self._progress[1]),
-                last_commit=self._last_commit,
+                in_flight=self._worker.in_flight(),
+                last_commit=self.journal.last_commit,
                 committed=len(self.report.committed),
                 bytes_uploaded=self.report.bytes_uploaded,
                 bytes_raw=self.report.bytes_raw,
                 failures=self.report.failures,
-                errors=list(self._errors),
+                errors=list(self.journal.errors),
                 remote_error=self.link.error,
                 lag_seconds=round(now - oldest_ready, 1) if oldest_ready is not None else 0.0,
                 spot_notice=self._spot.notice if self._spot else None,
@@ -422,8 +321,9 @@ class Daemon:
         if self.state is not None:
             self.state.write_status(self.status())
 
-    def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.wall(), timezone.utc)
+    def _timestamp(self) -> str:
+        """Now, on the injected wall clock, as an RFC 3339 UTC time."""
+        return format_time(datetime.fromtimestamp(self.wall(), timezone.utc))
 
     def _shutdown(self) -> None:
         self._watcher.stop()
@@ -443,11 +343,16 @@ class Daemon:
             log.warning("not synced: %s (%s)", name, reason)
         self._stopped.set()
 
-    def _settled_time(self, name: str, now: float) -> float:
-        """For entries found at start: pretend their last change was at their newest mtime."""
-        try:
-            ckpt = scan_entry(self.folder / name, score=False)
-        except OSError:
-            return now
-        newest = max((f.signature[1] for f in ckpt.files), default=0) / 1e9
-        return now - max(0.0, self.wall() - newest)
+
+class Every:
+    """Calls ``action`` when ``period`` seconds passed since the last call (never if ``period`` is 0)."""
+
+    def __init__(self, period: float, action: Callable[[], object], *, start: float = float("-inf")) -> None:
+        self.period = period
+        self.action = action
+        self.last = start
+
+    def __call__(self, now: float, *, force: bool = False) -> None:
+        if force or (self.period and now - self.last >= self.period):
+            self.action()
+            self.last = now

@@ -17,6 +17,8 @@ class ProgressBar:
     def __init__(self, total: int, desc: str, *, enabled: bool | None = None) -> None:
         from tqdm import tqdm
 
+        # tqdm's monitor thread only adjusts miniters for slow loops; a bar updated per chunk needs none.
+        tqdm.monitor_interval = 0
         show = sys.stderr.isatty() if enabled is None else enabled
         self._lock = threading.Lock()
         self._bar = tqdm(

@@ -185,19 +185,17 @@ class Tracker:
         e.status = "uploading"
         return e
 
-    def committed(self, e: Entry) -> None:
-        e.status, e.reason = "committed", "committed"
-        e.backoff.succeeded()
-
-    def vanished(self, e: Entry) -> None:
-        self.entries.pop(e.name, None)
-
-    def changed_during_upload(self, e: Entry, reason: str, now: float) -> None:
-        e.status, e.reason, e.last_change = "pending", f"changed during upload ({reason})", now
-
-    def interrupted(self, e: Entry, reason: str) -> None:
-        """The upload was cancelled: the entry stays ready for the next attempt."""
-        e.status, e.reason = "ready", reason
+    def uploaded(self, e: Entry, outcome: str, reason: str, now: float) -> None:
+        """The upload ended as ``outcome`` (an upload status: committed, unchanged, vanished, changed, cancelled)."""
+        if outcome in ("committed", "unchanged"):
+            e.status, e.reason = "committed", "committed"
+            e.backoff.succeeded()
+        elif outcome == "vanished":
+            self.entries.pop(e.name, None)
+        elif outcome == "changed":
+            e.status, e.reason, e.last_change = "pending", f"changed during upload ({reason})", now
+        else:  # cancelled: ready for the next attempt
+            e.status, e.reason = "ready", reason
 
     def failed(self, e: Entry, message: str, now: float) -> float:
         """The upload failed; returns the delay before the entry is tried again."""

@@ -230,6 +230,26 @@ class RemoteSession:
         return report
 
 
+def log_result(result: UploadResult) -> None:
+    """Log an upload's outcome: one line, with its figures as fields for JSON logs."""
+    if result.status == "vanished":
+        log.info("%s was deleted during upload (rotated away); dropped", result.name)
+    elif result.status == "changed":
+        log.info("%s changed during upload (%s); waiting for it to settle again", result.name, result.reason)
+    else:
+        st = result.stats
+        fields = {
+            "event": result.status,
+            "checkpoint": result.name,
+            "files": st.files,
+            "raw_bytes": st.raw_bytes,
+            "stored_bytes": st.stored_bytes,
+            "uploaded_bytes": st.uploaded_bytes,
+            "seconds": round(st.seconds, 3),
+        }
+        log.info("%s", describe(result), extra={"fields": fields})
+
+
 def describe(result: UploadResult) -> str:
     """One human line about an upload result."""
     s = result.stats

@@ -102,3 +102,28 @@ class DaemonReport:
             "failures": self.failures,
             "not_synced": [{"name": n, "reason": r} for n, r in self.unsynced],
         }
+
+
+class Journal:
+    """What a daemon has done so far: its report, the last commit and the recent errors.
+
+    Not thread-safe: the daemon serialises calls.
+    """
+
+    #: How many recent errors the status keeps.
+    ERRORS = 10
+
+    def __init__(self) -> None:
+        self.report = DaemonReport()
+        self.last_commit: LastCommit | None = None
+        self.errors: list[str] = []
+
+    def committed(self, name: str, commit: str, step: int | None, uploaded: int, raw: int, when: str) -> None:
+        self.report.committed.append(name)
+        self.report.bytes_uploaded += uploaded
+        self.report.bytes_raw += raw
+        self.last_commit = LastCommit(name, commit, when, step)
+
+    def failed(self, name: str, message: str, when: str) -> None:
+        self.report.failures += 1
+        self.errors = (self.errors + [f"{when} {name}: {message}"])[-self.ERRORS :]

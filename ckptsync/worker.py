@@ -14,6 +14,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from .backoff import Backoff
@@ -21,9 +22,12 @@ from .checkpoint import LocalCheckpoint, scan_entry
 from .errors import CkptsyncError, StoreError
 from .executor import lower_priority
 from .options import Options
+from .policy import Retention
+from .progress import human_bytes
 from .readiness import Entry
 from .repository import Repository
 from .session import RemoteSession, UploadResult
+from .status import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,23 @@ class RemoteLink:
         """True if an upload may be tried now (connected, or the backoff has passed)."""
         return self.session is not None or self.backoff.ready(now)
 
+    def apply_retention(self, rules: Retention, grace: timedelta) -> None:
+        """Apply the retention rules after a commit; a failure is logged and waits for the next commit."""
+        if self.session is None or not rules.active:
+            return
+        try:
+            report = self.session.apply_retention(rules, grace)
+        except CkptsyncError as exc:
+            log.warning("retention skipped this time: %s", exc.message)
+            return
+        if report.manifests_deleted or report.chunks_deleted:
+            log.info(
+                "retention: deleted %s; %d chunks (%s) collected",
+                ", ".join(report.deleted) or "no checkpoint",
+                report.chunks_deleted,
+                human_bytes(report.bytes_freed),
+            )
+
     def close(self) -> None:
         if self.session is not None:
             self.session.close()
@@ -85,7 +106,10 @@ class Outcome:
 
 
 class UploadWorker:
-    """One thread uploading the entries it is given, one at a time."""
+    """One thread uploading the entries it is given, one at a time, and what it is uploading now.
+
+    ``done`` is called with each outcome; then the worker is idle again and calls ``idle``.
+    """
 
     def __init__(
         self,
@@ -94,25 +118,46 @@ class UploadWorker:
         *,
         clock: Callable[[], float],
         cancel: threading.Event,
-        progress: Callable[[int], None],
         done: Callable[[Outcome], None],
+        idle: Callable[[], None],
         nice: int = 0,
     ) -> None:
         self.folder = folder
         self.link = link
         self.clock = clock
         self.cancel = cancel
-        self.progress = progress
         self.done = done
+        self.idle = idle
         self.nice = nice
         self._jobs: queue.Queue[Entry | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._current: Entry | None = None
+        self._bytes = [0, 0]
         self.thread = threading.Thread(target=self._loop, name="ckptsync-uploader", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
 
+    @property
+    def busy(self) -> bool:
+        return self._current is not None
+
+    def in_flight(self) -> InFlight | None:
+        """The checkpoint being uploaded and its bytes done so far, if any."""
+        with self._lock:
+            e, (done, total) = self._current, self._bytes
+        return None if e is None else InFlight(e.name, done, total)
+
     def submit(self, entry: Entry) -> None:
+        """Upload ``entry`` next; the worker counts as busy from now on."""
+        with self._lock:
+            self._current = entry
+            self._bytes = [0, entry.ckpt.size if entry.ckpt else 0]
         self._jobs.put(entry)
+
+    def _progress(self, n: int) -> None:
+        with self._lock:
+            self._bytes[0] += n
 
     def stop(self) -> None:
         """Ask the thread to end after the upload in flight (set ``cancel`` to cut that short)."""
@@ -124,14 +169,21 @@ class UploadWorker:
             e = self._jobs.get()
             if e is None:
                 return
-            self.done(self._upload(e))
+            try:
+                self.done(self._upload(e))
+            except Exception:  # a bug in handling one outcome must not stop the uploads
+                log.exception("handling the upload of %s failed", e.name)
+            finally:
+                with self._lock:
+                    self._current = None
+                self.idle()
 
     def _upload(self, e: Entry) -> Outcome:
         try:
             session = self.link.connect()
             # Scan right before reading: the snapshot must be current for the post-upload check.
             ckpt = scan_entry(self.folder / e.name)
-            result = session.upload(ckpt, progress=self.progress, cancel=self.cancel)
+            result = session.upload(ckpt, progress=self._progress, cancel=self.cancel)
         except FileNotFoundError:
             return Outcome(e, UploadResult(e.name, "vanished", "it was deleted"))
         except CkptsyncError as exc:

@@ -1,26 +1,86 @@
-"""Session fixtures for real S3-compatible servers (see tests/s3servers.py).
+"""Fixtures for every test: no leaked threads or processes; real S3-compatible servers (see tests/s3servers.py).
 
-* ``seaweedfs``, ``rclone_s3``, ``moto_s3``: one server each, started on first use, stopped at session end.
-* ``s3_server``: parametrized over the three (ids ``seaweedfs``, ``rclone``, ``moto``).
+* every test fails if it leaves a thread or a child process running (``no_leaks``, automatic);
+* ``seaweedfs``, ``rclone_s3``, ``moto_s3``: one server each, started on first use, stopped at session end;
+* ``s3_server``: parametrized over the three (ids ``seaweedfs``, ``rclone``, ``moto``);
 * ``s3_remote``: a fresh bucket on ``s3_server`` as ``s3://<bucket>/ckpts``, with the process environment
   pointed at that server for the duration of the test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.s3servers import S3Server, start_moto, start_rclone, start_seaweedfs
 
+#: How long a test's threads and processes get to end after its teardown before they count as leaked.
+LEAK_GRACE = 5.0
+# Threads and processes of the session's servers: they outlive every test on purpose.
+_session_threads: set[int] = set()
+_session_pids: set[int] = set()
+
+
+def _children() -> set[int]:
+    """Live (not zombie) child processes of this process."""
+    me, out = os.getpid(), set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me and fields[0] != "Z":
+            out.add(int(entry.name))
+    return out
+
+
+def _threads() -> set[int]:
+    return {t.ident for t in threading.enumerate() if t.ident is not None and t.is_alive()}
+
+
+@contextlib.contextmanager
+def _session_resources() -> Iterator[None]:
+    """Remember what starting a session server starts, so that no test is blamed for it."""
+    threads, pids = _threads(), _children()
+    try:
+        yield
+    finally:
+        _session_threads.update(_threads() - threads)
+        _session_pids.update(_children() - pids)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail the test if a thread or a child process it started is still running after its teardown."""
+    threads, pids = _threads(), _children()
+    yield
+    deadline = time.monotonic() + LEAK_GRACE
+    while True:
+        new_threads = _threads() - threads - _session_threads
+        new_pids = _children() - pids - _session_pids
+        if not (new_threads or new_pids) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    names = sorted(t.name for t in threading.enumerate() if t.ident in new_threads)
+    if new_threads or new_pids:
+        pytest.fail(f"the test leaked {len(new_threads)} thread(s) {names} and {len(new_pids)} child process(es) {sorted(new_pids)}")
+
+
 _FIXTURE_FOR = {"seaweedfs": "seaweedfs", "rclone": "rclone_s3", "moto": "moto_s3"}
 
 
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server, stop = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    with _session_resources():
+        server, stop = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
     try:
         yield server
     finally:
@@ -29,7 +89,8 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture(scope="session")
 def rclone_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server, stop = start_rclone(tmp_path_factory.mktemp("rclone"))
+    with _session_resources():
+        server, stop = start_rclone(tmp_path_factory.mktemp("rclone"))
     try:
         yield server
     finally:
@@ -38,7 +99,8 @@ def rclone_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture(scope="session")
 def moto_s3() -> Iterator[S3Server]:
-    server, stop = start_moto()
+    with _session_resources():
+        server, stop = start_moto()
     try:
         yield server
     finally:

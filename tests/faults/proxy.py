@@ -303,28 +303,37 @@ class S3Proxy:
         return self
 
     def stop(self) -> None:
-        """Stop within ~1.5 s whatever the connections are doing (stalled, trickling, waiting for the backend)."""
+        """Stop within ~3 s whatever the connections are doing (stalled, trickling, waiting for the backend)."""
         if self._listener is None or self._stopping.is_set():
             return
         self._stopping.set()
         with contextlib.suppress(OSError):
             self._listener.close()
-        with self._lock:
-            clients, backends = list(self._clients), list(self._backends)
-        for s in clients:  # shutdown wakes threads blocked in recv/send; they close their own sockets
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-        for b in backends:
-            with contextlib.suppress(OSError, AttributeError):
-                b.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
-        deadline = time.monotonic() + 1.5
-        for t in list(self._threads):
-            t.join(max(0.0, deadline - time.monotonic()))
+        # Shut every socket down until every thread has ended: a connection made while stopping
+        # (a backend connect in flight) is caught on a later round.
+        deadline = time.monotonic() + 3.0
+        while True:
+            self._shutdown_sockets()
+            alive = [t for t in list(self._threads) if t.is_alive()]
+            if not alive or time.monotonic() >= deadline:
+                break
+            alive[0].join(0.05)
         with self._lock:
             leftovers = list(self._clients)
         for s in leftovers:
             with contextlib.suppress(OSError):
                 s.close()
+
+    def _shutdown_sockets(self) -> None:
+        """Wake every thread blocked in recv or send: they close their own sockets."""
+        with self._lock:
+            clients, backends = list(self._clients), list(self._backends)
+        for s in clients:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        for b in backends:
+            with contextlib.suppress(OSError, AttributeError):
+                b.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
 
     def __enter__(self) -> S3Proxy:
         return self.start()
