@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from . import policy
 from .catalog import Checkpoint, group
@@ -26,6 +26,7 @@ from .store import StoreWrapper, open_remote, parse_remote
 if TYPE_CHECKING:
     from .checkpoint import LocalCheckpoint
     from .download import RestoreResult
+    from .policy import Selection
     from .session import UploadResult
     from .verification import CheckpointReport
 
@@ -130,7 +131,7 @@ def restore(
     from .recovery import restore as _restore
 
     opts = options or default_options()
-    sel = Selector(how=select, metric=metric, mode=mode, name=name, step=step)
+    sel = Selector(how=cast("Selection", select), metric=metric, mode=mode, name=name, step=step)  # checked by policy.candidates
     with open_repository(remote, opts, wrap=wrap) as repo:
         return _restore(
             repo,

@@ -18,7 +18,7 @@ from typing import Any
 from . import metrics
 from .completion import is_checkpoint_name
 from .errors import FormatError, LocalError, UsageError
-from .format import check_name, check_relpath
+from .format import Kind, check_name, check_relpath
 
 Signature = tuple[int, int, int]
 
@@ -40,7 +40,7 @@ class LocalCheckpoint:
 
     name: str
     path: Path
-    kind: str  # "dir" or "file"
+    kind: Kind
     files: tuple[LocalFile, ...]
     score: metrics.Score
     #: For a single-file checkpoint, the signature of its sidecar marker (step and metrics).
@@ -112,6 +112,7 @@ def scan_entry(path: Path, *, score: bool = True) -> LocalCheckpoint:
     """Snapshot one entry (file or folder). Raises FileNotFoundError if it vanishes."""
     st = os.stat(path)
     name = path.name
+    kind: Kind
     if stat.S_ISREG(st.st_mode):
         files: tuple[LocalFile, ...] = (_local_file(name, path, st),)
         kind = "file"
@@ -170,7 +171,7 @@ def sidecar_marker(path: Path) -> Path | None:
         return None
 
 
-def read_score(path: Path, kind: str) -> metrics.Score:
+def read_score(path: Path, kind: Kind) -> metrics.Score:
     """Step and metrics of a checkpoint, first match wins (see :mod:`ckptsync.metrics`).
 
     A marker or trainer state without a step takes the step from the name, and

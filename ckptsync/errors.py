@@ -50,7 +50,11 @@ class NothingToRestore(CkptsyncError):
 
 
 class StoreError(CkptsyncError):
-    """The object store failed; ``transient`` says whether retrying may help."""
+    """The object store failed; ``transient`` says whether retrying may help.
+
+    ``key`` is the object concerned, ``code`` the server's error code (S3's
+    ``SlowDown``, ``NotImplemented``, ...) when it gave one.
+    """
 
     def __init__(
         self,
@@ -59,10 +63,12 @@ class StoreError(CkptsyncError):
         *,
         transient: bool = False,
         key: str | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message, hint)
         self.transient = transient
         self.key = key
+        self.code = code
 
 
 class NotFound(StoreError):

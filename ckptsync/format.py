@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal, cast
 from urllib.parse import quote, unquote
 
 from .errors import FormatError, NewerFormatError
@@ -42,6 +42,9 @@ MAX_NAME_BYTES = 255
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _COMMIT_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z-[A-Za-z0-9._-]{1,63}-[0-9a-f]{16}\Z")
 
+
+#: What a checkpoint is: a folder of files, or a single file.
+Kind = Literal["dir", "file"]
 
 #: The format version that introduced chunk parts (``offset``/``length``).
 PARTS_SINCE = 4
@@ -112,7 +115,7 @@ class Manifest:
     """A committed checkpoint: the object whose existence is the commit."""
 
     name: str
-    kind: str  # "dir" or "file"
+    kind: Kind
     step: int | None
     metrics: Mapping[str, float | None]
     created: datetime
@@ -301,84 +304,83 @@ def decode_manifest(data: bytes, *, key: str | None = None) -> Manifest:
             "upgrade ckptsync to read this remote",
         )
     try:
-        return _decode_v1(doc)
+        return _decode_document(doc, version)
     except FormatError as exc:
         raise FormatError(f"invalid manifest{where}: {exc.message}", exc.hint) from None
     except (OverflowError, ValueError, TypeError) as exc:  # out-of-range times, numbers
         raise FormatError(f"invalid manifest{where}: {exc}") from None
 
 
-def _decode_v1(doc: dict[str, Any]) -> Manifest:
+#: Top-level members a manifest of version 1 to 4 may have; others are kept in ``extra``.
+_KNOWN_MEMBERS = frozenset(
+    {"format", "version", "name", "kind", "step", "metrics", "created", "host", "commit", "tool", "hash_algorithm", "files", "hosts"}
+)
+
+
+def _decode_document(doc: dict[str, Any], version: int) -> Manifest:
+    """A manifest of any version up to :data:`FORMAT_VERSION` from its parsed JSON (docs/FORMAT.md section 5)."""
     if doc.get("hash_algorithm", HASH_ALGORITHM) != HASH_ALGORITHM:
         raise FormatError(f"unknown hash algorithm {doc.get('hash_algorithm')!r}")
     name = check_name(_get(doc, "name", str))
     kind = _get(doc, "kind", str)
     if kind not in ("dir", "file"):
         raise FormatError(f"unknown kind {kind!r}")
+    kind = cast(Kind, kind)
     step = doc.get("step")
     if step is not None and (not _is_int(step) or step < 0):
         raise FormatError("step is not a non-negative integer")
-    metrics_doc = _get(doc, "metrics", dict)
+    host = _get(doc, "host", str)
+    commit = _get(doc, "commit", str)
+    if not _COMMIT_ID.match(commit):
+        raise FormatError(f"commit id {commit[:80]!r} is malformed")
+    files = tuple(_decode_file(f) for f in _get(doc, "files", list))
+    _check_versions(files, version)
+    _check_file_set(name, kind, files)
+    return Manifest(
+        name=name,
+        kind=kind,
+        step=step,
+        metrics=_decode_metrics(_get(doc, "metrics", dict)),
+        created=parse_time(_get(doc, "created", str)),
+        host=host,
+        commit=commit,
+        files=files,
+        tool=doc["tool"] if isinstance(doc.get("tool"), str) else "",
+        extra={k: v for k, v in doc.items() if k not in _KNOWN_MEMBERS},
+        hosts=_decode_hosts(doc, host) if version >= 2 and "hosts" in doc else (),
+    )
+
+
+def _decode_metrics(doc: dict[Any, Any]) -> dict[str, float | None]:
     metrics: dict[str, float | None] = {}
-    for k, v in metrics_doc.items():
+    for k, v in doc.items():
         if not isinstance(k, str) or not k or len(k) > 256:
             raise FormatError("metric name is not a short string")
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise FormatError(f"metric {k!r} is not a number")
         metrics[k] = _finite_float(v)
-    created = parse_time(_get(doc, "created", str))
-    host = _get(doc, "host", str)
-    commit = _get(doc, "commit", str)
-    if not _COMMIT_ID.match(commit):
-        raise FormatError(f"commit id {commit[:80]!r} is malformed")
-    files_doc = _get(doc, "files", list)
-    files = tuple(_decode_file(f) for f in files_doc)
-    version = doc.get("version", 1)
+    return metrics
+
+
+def _check_versions(files: tuple[FileEntry, ...], version: int) -> None:
+    """Every codec and chunk part must be one the manifest's version has."""
     for f in files:
         for c in f.chunks:
             if CODECS_SINCE[c.codec] > version:
                 raise FormatError(f"{f.path}: codec {c.codec} needs format version {CODECS_SINCE[c.codec]}, the manifest says {version}")
             if c.is_part and version < PARTS_SINCE:
                 raise FormatError(f"{f.path}: a chunk part (offset/length) needs format version {PARTS_SINCE}, the manifest says {version}")
-    _check_file_set(name, kind, files)
-    hosts: tuple[str, ...] = ()
-    if doc.get("version", 1) >= 2 and "hosts" in doc:
-        hosts_doc = doc["hosts"]
-        if not isinstance(hosts_doc, list) or not hosts_doc or len(hosts_doc) > 4096:
-            raise FormatError("hosts is not a non-empty list")
-        if not all(isinstance(h, str) and 0 < len(h) <= 255 for h in hosts_doc) or len(set(hosts_doc)) != len(hosts_doc):
-            raise FormatError("hosts must be distinct non-empty strings")
-        if host not in hosts_doc:
-            raise FormatError(f"host {host[:60]!r} is not in the manifest's hosts")
-        hosts = tuple(sorted(hosts_doc))
-    known = {
-        "format",
-        "version",
-        "name",
-        "kind",
-        "step",
-        "metrics",
-        "created",
-        "host",
-        "commit",
-        "tool",
-        "hash_algorithm",
-        "files",
-        "hosts",
-    }
-    return Manifest(
-        name=name,
-        kind=kind,
-        step=step,
-        metrics=metrics,
-        created=created,
-        host=host,
-        commit=commit,
-        files=files,
-        tool=doc["tool"] if isinstance(doc.get("tool"), str) else "",
-        extra={k: v for k, v in doc.items() if k not in known},
-        hosts=hosts,
-    )
+
+
+def _decode_hosts(doc: dict[str, Any], host: str) -> tuple[str, ...]:
+    hosts = doc["hosts"]
+    if not isinstance(hosts, list) or not hosts or len(hosts) > 4096:
+        raise FormatError("hosts is not a non-empty list")
+    if not all(isinstance(h, str) and 0 < len(h) <= 255 for h in hosts) or len(set(hosts)) != len(hosts):
+        raise FormatError("hosts must be distinct non-empty strings")
+    if host not in hosts:
+        raise FormatError(f"host {host[:60]!r} is not in the manifest's hosts")
+    return tuple(sorted(hosts))
 
 
 def _decode_file(doc: Any) -> FileEntry:

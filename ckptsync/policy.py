@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from .errors import UsageError
 from .format import Manifest
@@ -68,11 +68,15 @@ def metric_names(records: Sequence[HasManifest]) -> list[str]:
     return sorted({k for r in records for k, v in r.manifest.metrics.items() if v is not None})
 
 
+#: How a restore chooses among committed checkpoints.
+Selection = Literal["latest", "best"]
+
+
 @dataclass(frozen=True)
 class Selector:
     """Which checkpoint to restore: ``latest``, ``best`` (by ``metric``/``mode``), a ``name`` or a ``step``."""
 
-    how: str = "latest"
+    how: Selection = "latest"
     metric: str | None = None
     mode: str | None = None
     name: str | None = None

@@ -272,7 +272,7 @@ class S3Store:
                         aborted += 1
         except Exception as exc:
             err = self._translate(exc, "list uploads", prefix)
-            if err.transient or isinstance(err, NotFound) or "NotImplemented" in err.message or "NoSuchUpload" in err.message:
+            if err.transient or isinstance(err, NotFound) or err.code in ("NotImplemented", "NoSuchUpload"):
                 log.debug("multipart cleanup skipped: %s", err.message)
                 return aborted
             raise err from None
@@ -322,8 +322,8 @@ class S3Store:
                     key=key,
                 )
             if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-                return StoreError(f"S3 {op} {where} failed: {detail} (retrying may help)", key=key, transient=True)
-            return StoreError(f"S3 {op} {where} failed: {detail} {err.get('Message', '')}".rstrip(), key=key)
+                return StoreError(f"S3 {op} {where} failed: {detail} (retrying may help)", key=key, transient=True, code=code or None)
+            return StoreError(f"S3 {op} {where} failed: {detail} {err.get('Message', '')}".rstrip(), key=key, code=code or None)
         if isinstance(exc, (bex.NoCredentialsError, bex.PartialCredentialsError)):
             return StoreError(
                 "no AWS credentials found",
