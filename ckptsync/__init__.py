@@ -16,6 +16,7 @@ from .api import list_checkpoints, open_repository, prune, push, restore, verify
 from .errors import CkptsyncError, IntegrityError, NothingToRestore, StoreError, UsageError
 from .marker import mark
 from .options import Options
+from .policy import Retention
 from .store import RetryPolicy, S3Options
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ __all__ = [
     "Options",
     "S3Options",
     "RetryPolicy",
+    "Retention",
     "RestoreResult",
     "CkptsyncError",
     "IntegrityError",

@@ -294,3 +294,20 @@ def test_helper_environment_drops_this_machines_settings(monkeypatch: pytest.Mon
     monkeypatch.setenv("SM_CURRENT_HOST", "algo-9")
     env = clean_env({"X": "1"})
     assert "CKPTSYNC_REMOTE" not in env and "SM_CURRENT_HOST" not in env and env["X"] == "1"
+
+
+def test_python_prune_keeps_what_the_rules_keep_and_refuses_no_rules(tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    src = tmp_path / "ckpts"
+    for step in (1, 2, 3):
+        d = src / f"step-{step}"
+        d.mkdir(parents=True)
+        (d / "w.bin").write_bytes(os.urandom(1000))
+        ckptsync.mark(d, step=step, metrics={"eval_loss": {1: 0.1, 2: 0.5, 3: 0.4}[step]})
+    ckptsync.push(src, f"file://{remote}")
+    with pytest.raises(ckptsync.UsageError, match="no retention rule"):
+        ckptsync.prune(f"file://{remote}", ckptsync.Retention())
+    report = ckptsync.prune(f"file://{remote}", ckptsync.Retention(keep_last=1, metric="eval_loss"), grace=timedelta(0))
+    assert report.deleted == ["step-2"] and sorted(report.kept) == ["step-1", "step-3"]  # the newest and the best
+    assert sorted(c.name for c in ckptsync.list_checkpoints(f"file://{remote}")) == ["step-1", "step-3"]
