@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import completion
@@ -24,27 +25,17 @@ from .state import State
 log = logging.getLogger(__name__)
 
 
+@dataclass
 class FolderObserver:
     """Feeds ``tracker`` with what happens in ``folder``; every tracker call holds ``lock``."""
 
-    def __init__(
-        self,
-        folder: Path,
-        tracker: Tracker,
-        lock: threading.Lock,
-        *,
-        state: State | None,
-        require_marker: bool,
-        clock: Callable[[], float],
-        wall: Callable[[], float],
-    ) -> None:
-        self.folder = folder
-        self.tracker = tracker
-        self.lock = lock
-        self.state = state
-        self.require_marker = require_marker
-        self.clock = clock
-        self.wall = wall
+    folder: Path
+    tracker: Tracker
+    lock: threading.Lock
+    state: State | None
+    require_marker: bool
+    clock: Callable[[], float]
+    wall: Callable[[], float]
 
     def discover(self) -> int:
         """List the folder at start: each entry counts as last changed at its newest mtime. Returns how many."""

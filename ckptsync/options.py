@@ -30,7 +30,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -397,18 +397,8 @@ class Resolved:
 
     def options(self) -> Options:
         v = self.values
-        s3 = S3Options(
-            endpoint_url=v["endpoint_url"],
-            region=v["region"],
-            profile=v["profile"],
-            path_style=v["path_style"],
-            sse=v["sse"],
-            sse_kms_key_id=v["sse_kms_key_id"],
-            expected_bucket_owner=v["expected_bucket_owner"],
-            checksum=v["checksum"],
-        )
         return Options(
-            s3=s3,
+            s3=S3Options(**self._fields(S3Options)),
             retry=RetryPolicy(attempts=v["retries"]),
             workers=v["workers"],
             max_memory=v["max_memory"],
@@ -419,30 +409,18 @@ class Resolved:
         )
 
     def retention(self) -> Retention:
-        v = self.values
-        rules = Retention(
-            keep_last=v["keep_last"], keep_best=v["keep_best"], metric=v["metric"], mode=v["mode"], keep_every=v["keep_every"]
-        )
+        rules = Retention(**self._fields(Retention))
         if rules.active:
             rules.check()
         return rules
 
     def watch(self, **timings: float) -> WatchOptions:
         """The daemon's options; ``timings`` may set the :data:`WATCH_TIMINGS`."""
-        v = self.values
-        return WatchOptions(
-            settle=v["settle"],
-            drain_timeout=v["drain_timeout"],
-            poll=v["poll"],
-            poll_interval=v["poll_interval"],
-            require_marker=v["require_marker"],
-            spot_notice=v["spot_notice"],
-            imds_endpoint=v["imds_endpoint"],
-            spot_interval=v["spot_interval"],
-            retention=self.retention(),
-            grace=v["grace"],
-            **timings,  # type: ignore[arg-type]
-        )
+        return WatchOptions(retention=self.retention(), **self._fields(WatchOptions), **timings)  # type: ignore[arg-type]
+
+    def _fields(self, cls: type) -> dict[str, Any]:
+        """The values of the settings named like fields of the dataclass ``cls``."""
+        return {f.name: self.values[f.name] for f in fields(cls) if f.name in SETTINGS}
 
 
 def resolve(

@@ -105,30 +105,22 @@ class Outcome:
     error: str | None = None
 
 
+@dataclass
 class UploadWorker:
     """One thread uploading the entries it is given, one at a time, and what it is uploading now.
 
     ``done`` is called with each outcome; then the worker is idle again and calls ``idle``.
     """
 
-    def __init__(
-        self,
-        folder: Path,
-        link: RemoteLink,
-        *,
-        clock: Callable[[], float],
-        cancel: threading.Event,
-        done: Callable[[Outcome], None],
-        idle: Callable[[], None],
-        nice: int = 0,
-    ) -> None:
-        self.folder = folder
-        self.link = link
-        self.clock = clock
-        self.cancel = cancel
-        self.done = done
-        self.idle = idle
-        self.nice = nice
+    folder: Path
+    link: RemoteLink
+    clock: Callable[[], float]
+    cancel: threading.Event
+    done: Callable[[Outcome], None]
+    idle: Callable[[], None]
+    nice: int = 0
+
+    def __post_init__(self) -> None:
         self._jobs: queue.Queue[Entry | None] = queue.Queue()
         self._lock = threading.Lock()
         self._current: Entry | None = None

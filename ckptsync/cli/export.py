@@ -13,15 +13,14 @@ import click
 from .. import api
 from ..errors import EXIT_NOTHING, EXIT_USAGE
 from ..options import COMMON, REMOTE, Resolved
-from .params import fail, run_command, settings
+from .params import fail, run_command, selection, settings
 
 log = logging.getLogger("ckptsync")
 
 
 @click.command("export")
 @settings(*REMOTE)
-@click.option("--latest", "how", flag_value="latest", default=True, help="The highest step (default).")
-@click.option("--best", "how", flag_value="best", help="The best by --metric.")
+@selection
 @settings(
     "metric",
     "mode",

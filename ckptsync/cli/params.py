@@ -40,6 +40,12 @@ def settings(*names: str, help: Mapping[str, str] | None = None) -> Callable[[F]
     return decorate
 
 
+def selection(f: F) -> F:
+    """``--latest`` (the default) or ``--best``: which checkpoint a restore or an export takes."""
+    f = click.option("--best", "how", flag_value="best", help="The best by --metric.")(f)
+    return click.option("--latest", "how", flag_value="latest", default=True, help="Highest step, then newest commit (default).")(f)
+
+
 def _option(name: str, help_text: str | None) -> Callable[[F], F]:
     s = SETTINGS[name]
     notes = [f"env var: {s.env}"]

@@ -13,7 +13,7 @@ from ..errors import EXIT_NOTHING, EXIT_USAGE
 from ..options import COMMON, REMOTE, Resolved
 from ..progress import ProgressBar, human_bytes
 from ..repository import ManifestRecord
-from .params import fail, folder, run_command, settings
+from .params import fail, folder, run_command, selection, settings
 
 log = logging.getLogger("ckptsync")
 
@@ -22,8 +22,7 @@ SELECTION = ("metric", "mode", "name", "step")
 
 @click.command("restore")
 @settings("dir", *REMOTE, help={"dir": "Folder to restore into (the checkpoint lands in DIR/<name>)."})
-@click.option("--latest", "how", flag_value="latest", default=True, help="Highest step, then newest commit (default).")
-@click.option("--best", "how", flag_value="best", help="Best by --metric.")
+@selection
 @settings(
     *SELECTION,
     "json",
