@@ -1,4 +1,4 @@
-"""Latest and best orders."""
+"""Latest and best orders, and the retention rules (which checkpoints a prune keeps)."""
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -57,3 +57,28 @@ def test_mode_must_be_given_for_other_names():
         policy.infer_mode("accuracy", None)
     assert "--mode" in e.value.hint
     assert policy.infer_mode("accuracy", "max") == "max"
+
+
+def test_retain_keeps_the_union_of_rules_and_always_the_newest_and_best():
+    rs = [rec(f"c{i}", i, loss=loss) for i, loss in enumerate([0.9, 0.1, 0.8, 0.2, 0.7, 0.6, 0.5])]
+    keep = policy.retain(rs, policy.Retention(keep_last=2, keep_best=2, metric="loss"))
+    assert [r.manifest.name for r, k in zip(rs, keep, strict=True) if k] == ["c1", "c3", "c5", "c6"]
+    keep = policy.retain(rs, policy.Retention(keep_last=1, metric="loss"))  # best is kept with a metric
+    assert [r.manifest.name for r, k in zip(rs, keep, strict=True) if k] == ["c1", "c6"]
+    keep = policy.retain(rs, policy.Retention(keep_every=3))
+    assert [r.manifest.name for r, k in zip(rs, keep, strict=True) if k] == ["c0", "c3", "c6"]
+
+
+def test_retain_without_rules_keeps_everything_and_bad_rules_are_usage_errors():
+    rs = [rec("a", 1), rec("b", 2)]
+    assert policy.retain(rs, policy.Retention()) == [True, True]
+    with pytest.raises(UsageError):
+        policy.retain(rs, policy.Retention(keep_best=1))
+    with pytest.raises(UsageError):
+        policy.retain(rs, policy.Retention(keep_last=0))
+
+
+def test_nan_and_missing_metrics_are_never_kept_as_best_and_clock_skew_does_not_change_newest():
+    rs = [rec("old-but-skewed", 1, created=7200, loss=None), rec("new", 2, created=-7200), rec("good", 0, loss=0.3)]
+    keep = policy.retain(rs, policy.Retention(keep_last=1, keep_best=1, metric="loss"))
+    assert [r.manifest.name for r, k in zip(rs, keep, strict=True) if k] == ["new", "good"]
