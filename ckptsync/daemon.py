@@ -32,7 +32,7 @@ from .format import format_time
 from .notify import sd_notify, watchdog_period
 from .observer import FolderObserver
 from .options import Options, WatchOptions
-from .readiness import Entry, Tracker
+from .readiness import ChangeKind, Entry, Tracker
 from .repository import Repository
 from .session import UploadResult, log_result
 from .spot import SpotNoticePoller
@@ -182,7 +182,7 @@ class Daemon:
 
     # ------------------------------------------------------------ events (watcher and spot threads)
 
-    def _on_change(self, name: str, kind: str) -> None:
+    def _on_change(self, name: str, kind: ChangeKind) -> None:
         if self.observer.changed(name, kind, native=self._watcher.mode == "native"):
             self._wake.set()
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import completion
 from .checkpoint import list_entries, scan_entry, sidecar_marker
 from .errors import CkptsyncError
-from .readiness import Observation, Tracker
+from .readiness import ChangeKind, Observation, Tracker
 from .state import State
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class FolderObserver:
                 self.tracker.discovered(name, last_change(self.folder / name, now, wall))
         return len(names)
 
-    def changed(self, name: str, kind: str, native: bool) -> bool:
+    def changed(self, name: str, kind: ChangeKind, native: bool) -> bool:
         """A watcher event about top-level entry ``name``; False if it is not about a checkpoint."""
         if name.endswith(completion.SIDECAR_SUFFIX):  # a single file's marker: its checkpoint changed
             name, kind = name[: -len(completion.SIDECAR_SUFFIX)], "change"
@@ -54,7 +54,7 @@ class FolderObserver:
             return False
         writing = kind == "write" and native and (self.folder / name).is_file()
         with self.lock:
-            self.tracker.changed(name, kind, self.clock(), writing=writing)  # type: ignore[arg-type]
+            self.tracker.changed(name, kind, self.clock(), writing=writing)
         return True
 
     def rescan(self, now: float) -> None:

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .errors import CkptsyncError, IntegrityError, NothingToRestore
+from .errors import IntegrityError, NothingToRestore
+from .format import ChunkRef
 from .repository import ManifestRecord, Repository
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def verify(
         raise NothingToRestore(f"no committed checkpoint named {name!r} in {repo.url}", "run 'ckptsync list' to see what is committed")
     stored = repo.list_chunk_objects()
     bad: dict[str, str] = {}
-    wanted = {}
+    wanted: dict[str, ChunkRef] = {}
     for rec in records:
         for digest, ref in rec.manifest.chunk_refs().items():
             have = stored.get((digest, ref.codec))
@@ -51,15 +52,15 @@ def verify(
                 wanted[digest] = ref
     if deep and wanted:
 
-        def check(ref: object) -> tuple[str, str | None]:
+        def check(ref: ChunkRef) -> tuple[str, str | None]:
             try:
-                repo.get_chunk(ref)  # type: ignore[arg-type]
-                return ref.hash, None  # type: ignore[attr-defined]
+                repo.get_chunk(ref)
+                return ref.hash, None
             except IntegrityError as exc:
-                return ref.hash, exc.message  # type: ignore[attr-defined]
+                return ref.hash, exc.message
             finally:
                 if progress:
-                    progress(ref.size)  # type: ignore[attr-defined]
+                    progress(ref.size)
 
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ckptsync-verify") as pool:
             for digest, problem in pool.map(check, wanted.values()):
@@ -77,4 +78,4 @@ def verify(
     return reports
 
 
-__all__ = ["verify", "CheckpointReport", "CkptsyncError"]
+__all__ = ["verify", "CheckpointReport"]

@@ -31,6 +31,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from .readiness import ChangeKind
+
 log = logging.getLogger(__name__)
 
 
@@ -46,7 +48,7 @@ logging.getLogger("watchdog.observers.inotify").addFilter(_QuietShutdown())
 #: ``on_change(name, kind)``: ``kind`` is ``"write"`` (bytes written to a file: it is
 #: open for writing), ``"closed"`` (closed after writing, or renamed into place) or
 #: ``"change"`` (created, deleted, renamed away).
-OnChange = Callable[[str, str], None]
+OnChange = Callable[[str, ChangeKind], None]
 
 _CHANGES = (
     FileCreatedEvent,
@@ -76,12 +78,12 @@ class _Handler(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileClosedEvent):
-            kinds = {self._top(event.src_path): "closed"}
+            kinds: dict[str | None, ChangeKind] = {self._top(event.src_path): "closed"}
         elif isinstance(event, _CHANGES):
             if isinstance(event, DirModifiedEvent) and self._top(event.src_path) is None:
                 return
             # A file renamed into place was closed under its old name: the move completes it.
-            dest = "closed" if isinstance(event, FileMovedEvent) else "change"
+            dest: ChangeKind = "closed" if isinstance(event, FileMovedEvent) else "change"
             kinds = {self._top(event.src_path): "write" if isinstance(event, FileModifiedEvent) else "change"}
             dest_name = self._top(getattr(event, "dest_path", None))
             if dest_name:
