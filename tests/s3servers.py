@@ -34,6 +34,8 @@ import botocore.session
 from botocore.config import Config
 from botocore.configprovider import BOTOCORE_DEFAUT_SESSION_VARIABLES  # sic: botocore's spelling
 
+from tests.helpers import clean_env
+
 ACCESS_KEY = "ckptsynctestaccesskey"
 SECRET_KEY = "ckptsynctestsecretkey0123456789"
 REGION = "us-east-1"
@@ -177,10 +179,8 @@ def _popen(argv: list[str], log: Path, cwd: Path, env: dict[str, str]) -> subpro
 
 
 def _server_env(home: Path) -> dict[str, str]:
-    """Environment for a server process: no AWS settings of the host, HOME in its own folder."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_", "CKPTSYNC_"))}
-    env["HOME"] = str(home)
-    env["TMPDIR"] = str(home)
+    """Environment for a server process: no AWS or rclone settings of the host, HOME in its own folder."""
+    env = clean_env({"HOME": str(home), "TMPDIR": str(home)})
     env.pop("XDG_CONFIG_HOME", None)
     env.pop("XDG_CACHE_HOME", None)
     return env
@@ -278,6 +278,32 @@ def _address_in_use(log: Path) -> bool:
     return "address already in use" in text
 
 
+#: What starting a server process needs, given its own fresh folder: the command line, the server it will be, and
+#: what to remove once it is stopped (or None).
+Launch = Callable[[Path], tuple[list[str], S3Server, Callable[[], None] | None]]
+
+
+def _start_process(base: Path, log_name: str, launch: Launch) -> tuple[S3Server, StopFn]:
+    """Start a server process in a fresh folder under ``base`` and wait until it serves; on ports picked at random,
+    another process may take one first: then start again on new ports, up to ``_PORT_ATTEMPTS`` times."""
+    last_error: Exception | None = None
+    for _ in range(_PORT_ATTEMPTS):
+        d = _fresh_dir(base)
+        log = d / log_name
+        argv, server, cleanup = launch(d)
+        proc = _popen(argv, log, d, _server_env(d))
+        stop = _stopper(proc, cleanup)
+        try:
+            _wait_ready(server, proc, log)
+            return server, stop
+        except Exception as e:
+            stop()
+            last_error = e
+            if not _address_in_use(log):
+                raise
+    raise RuntimeError(f"{server.name} failed to start {_PORT_ATTEMPTS} times: {last_error}")
+
+
 # --------------------------------------------------------------------------- seaweedfs
 
 
@@ -300,12 +326,10 @@ def start_seaweedfs(tmpdir: str | os.PathLike[str]) -> tuple[S3Server, StopFn]:
             }
         )
     )
-    last_error: Exception | None = None
-    for _ in range(_PORT_ATTEMPTS):
-        d = _fresh_dir(base)
+
+    def launch(d: Path) -> tuple[list[str], S3Server, Callable[[], None]]:
         data = d / "data"
         data.mkdir()
-        log = d / "weed.log"
         m, mg, v, vg, f, fg, s3, s3g = free_ports(8)
         argv = [
             weed,
@@ -337,26 +361,17 @@ def start_seaweedfs(tmpdir: str | os.PathLike[str]) -> tuple[S3Server, StopFn]:
         ]
         # weed reads master.toml from its working directory: grow one volume per bucket (collection) instead of 7
         (d / "master.toml").write_text("[master.volume_growth]\ncopy_1 = 1\ncopy_2 = 1\ncopy_3 = 1\ncopy_other = 1\n")
-        proc = _popen(argv, log, d, _server_env(d))
         # weed also makes unix sockets /tmp/seaweedfs-<kind>-grpc-<port>.sock that no flag moves; remove ours at stop.
         socks = [Path(f"/tmp/seaweedfs-{k}-grpc-{p}.sock") for k, p in (("master", mg), ("volume", vg), ("filer", fg), ("s3", s3g))]
 
-        def cleanup(socks: list[Path] = socks) -> None:
+        def cleanup() -> None:
             for p in socks:
                 with contextlib.suppress(OSError):
                     p.unlink()
 
-        stop = _stopper(proc, cleanup)
-        server = S3Server(name="seaweedfs", endpoint_url=f"http://127.0.0.1:{s3}", conditional_writes=True)
-        try:
-            _wait_ready(server, proc, log)
-            return server, stop
-        except Exception as e:
-            stop()
-            last_error = e
-            if not _address_in_use(log):
-                raise
-    raise RuntimeError(f"seaweedfs failed to start {_PORT_ATTEMPTS} times: {last_error}")
+        return argv, S3Server(name="seaweedfs", endpoint_url=f"http://127.0.0.1:{s3}", conditional_writes=True), cleanup
+
+    return _start_process(base, "weed.log", launch)
 
 
 # --------------------------------------------------------------------------- rclone
@@ -367,13 +382,11 @@ def start_rclone(tmpdir: str | os.PathLike[str]) -> tuple[S3Server, StopFn]:
     rclone = find_binary("rclone")
     base = Path(tmpdir)
     base.mkdir(parents=True, exist_ok=True)
-    last_error: Exception | None = None
-    for _ in range(_PORT_ATTEMPTS):
-        d = _fresh_dir(base)
+
+    def launch(d: Path) -> tuple[list[str], S3Server, None]:
         root = d / "root"
         root.mkdir()
         (d / "cache").mkdir()
-        log = d / "rclone.log"
         (port,) = free_ports(1)
         argv = [
             rclone,
@@ -396,18 +409,9 @@ def start_rclone(tmpdir: str | os.PathLike[str]) -> tuple[S3Server, StopFn]:
             "NOTICE",
             str(root),
         ]
-        proc = _popen(argv, log, d, _server_env(d))
-        stop = _stopper(proc)
-        server = S3Server(name="rclone", endpoint_url=f"http://127.0.0.1:{port}", conditional_writes=False)
-        try:
-            _wait_ready(server, proc, log)
-            return server, stop
-        except Exception as e:
-            stop()
-            last_error = e
-            if not _address_in_use(log):
-                raise
-    raise RuntimeError(f"rclone failed to start {_PORT_ATTEMPTS} times: {last_error}")
+        return argv, S3Server(name="rclone", endpoint_url=f"http://127.0.0.1:{port}", conditional_writes=False), None
+
+    return _start_process(base, "rclone.log", launch)
 
 
 # --------------------------------------------------------------------------- moto
