@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers import use_env
 from tests.s3servers import S3Server, start_moto, start_rclone, start_seaweedfs
 
 #: How long a test's threads and processes get to end after its teardown before they count as leaked.
@@ -113,12 +114,7 @@ def s3_server(request: pytest.FixtureRequest) -> S3Server:
 
 
 @pytest.fixture
-def s3_remote(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    env = s3_server.env()
+def s3_remote(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
     # nothing of the host's AWS or ckptsync settings (profile, session token, endpoint overrides) may leak in
-    for k in list(os.environ):
-        if k.startswith(("AWS_", "CKPTSYNC_")) and k not in env:
-            monkeypatch.delenv(k)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    yield f"s3://{s3_server.create_bucket()}/ckpts"
+    use_env(monkeypatch, server=s3_server)
+    return f"s3://{s3_server.create_bucket()}/ckpts"

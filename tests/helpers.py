@@ -1,4 +1,5 @@
-"""What the tests share: running the CLI, waiting for a condition, building checkpoint folders, comparing trees."""
+"""What the tests share: the CLI and Python as child processes in a clean environment, waiting for a condition,
+building checkpoint folders, comparing trees."""
 
 from __future__ import annotations
 
@@ -14,40 +15,91 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import pytest
 
 T = TypeVar("T")
 
-#: Environment variables of the machine that must not reach a ckptsync under test.
-FOREIGN_ENV = ("AWS_", "CKPTSYNC_", "SM_", "RCLONE_")
+#: The repository's root folder: where children run unless told otherwise.
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Environment variables of the machine that must not reach a process under test: AWS, ckptsync, SageMaker and
+#: rclone settings, and a service manager's notify socket and watchdog.
+FOREIGN_ENV = ("AWS_", "CKPTSYNC_", "SM_", "RCLONE_", "NOTIFY_SOCKET", "WATCHDOG_")
+#: For a child running numpy (examples/train.py): one BLAS thread each, so a two-core machine is not oversubscribed.
+ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def clean_env(extra: Mapping[str, str] | None = None, server: Any = None) -> dict[str, str]:
-    """This process's environment without AWS, ckptsync and SageMaker settings, plus a server's and ``extra``."""
+    """This process's environment without the :data:`FOREIGN_ENV` variables, with Python's output unbuffered (a
+    parent reading lines gets each as it is printed), plus a server's (see ``S3Server.env``) and ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN_ENV)}
+    env["PYTHONUNBUFFERED"] = "1"
     if server is not None:
         env.update(server.env())
     env.update(extra or {})
     return env
 
 
-def run_cli(
-    *args: str, env: Mapping[str, str] | None = None, server: Any = None, timeout: float = 120, cwd: Path | None = None
+def use_env(monkeypatch: pytest.MonkeyPatch, extra: Mapping[str, str] | None = None, server: Any = None) -> None:
+    """This process's environment made what :func:`clean_env` returns, until the end of the test: for ckptsync and
+    boto3 called in this process."""
+    wanted = clean_env(extra, server)
+    for k in list(os.environ):
+        if k not in wanted:
+            monkeypatch.delenv(k)
+    for k, v in wanted.items():
+        monkeypatch.setenv(k, v)
+
+
+def run_python(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    server: Any = None,
+    timeout: float = 120,
+    cwd: Path | None = None,
+    **popen: Any,
 ) -> subprocess.CompletedProcess[str]:
-    """``ckptsync ARGS...`` as a subprocess, in a clean environment (see :func:`clean_env`)."""
-    return subprocess.run(
-        [sys.executable, "-m", "ckptsync", *args], env=clean_env(env, server), capture_output=True, text=True, timeout=timeout, cwd=cwd
-    )
+    """``python ARGS...`` (this interpreter) to completion in a clean environment (see :func:`clean_env`), in ``cwd``
+    (default :data:`ROOT`), its output captured as text; ``popen`` goes to :func:`subprocess.run` (``check``...)."""
+    argv = [sys.executable, *args]
+    return subprocess.run(argv, env=clean_env(env, server), capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, **popen)
 
 
-def wait_until(predicate: Callable[[], T | None], timeout: float = 30.0, message: str = "", interval: float = 0.05) -> T:
-    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout`` seconds."""
+def run_cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """``ckptsync ARGS...`` as a subprocess to completion; keyword arguments as for :func:`run_python`."""
+    return run_python("-m", "ckptsync", *args, **kwargs)
+
+
+def start_python(
+    *args: str, env: Mapping[str, str] | None = None, server: Any = None, cwd: Path | None = None, **popen: Any
+) -> subprocess.Popen[str]:
+    """``python ARGS...`` started in a clean environment (see :func:`clean_env`), in ``cwd`` (default :data:`ROOT`),
+    in text mode unless ``popen`` says otherwise; ``popen`` goes to :class:`subprocess.Popen` (``stdout``, ``stderr``...).
+    The caller reaps it."""
+    popen.setdefault("text", True)
+    return subprocess.Popen([sys.executable, *args], env=clean_env(env, server), cwd=cwd or ROOT, **popen)
+
+
+def start_cli(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    """``ckptsync ARGS...`` started as a child; keyword arguments as for :func:`start_python`. The caller reaps it."""
+    return start_python("-m", "ckptsync", *args, **kwargs)
+
+
+def wait_until(
+    predicate: Callable[[], T | None], timeout: float = 30.0, message: str | Callable[[], str] = "", interval: float = 0.05
+) -> T:
+    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout`` seconds.
+
+    ``message`` names what is awaited; a callable is called at the timeout (to report the state at that moment).
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {message or predicate!r}")
+            what = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what or predicate!r}")
         time.sleep(interval)
 
 

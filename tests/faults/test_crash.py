@@ -11,22 +11,19 @@ import os
 import random
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.faults.scenarios import full_size, record
-from tests.helpers import listing, tree
+from tests.helpers import listing, run_cli, tree
 
 RUNS = 100 if full_size() else 6
 
 
-def cli(*args: str, crash: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CKPTSYNC_", "AWS_"))}
-    if crash:
-        env["CKPTSYNC_CRASH_AT"] = crash
-    return subprocess.run([sys.executable, "-m", "ckptsync", *args, "--workers", "2"], env=env, capture_output=True, text=True, timeout=120)
+def cli(*args: str, crash: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``ckptsync ARGS --workers 2``, killed with SIGKILL at the crash point ``crash`` if given."""
+    return run_cli(*args, "--workers", "2", env={"CKPTSYNC_CRASH_AT": crash} if crash else None)
 
 
 def write_checkpoint(folder: Path, step: int, rng: random.Random) -> Path:

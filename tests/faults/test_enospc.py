@@ -16,16 +16,14 @@ import random
 import resource
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import ckptsync
 from tests.faults.scenarios import record
-from tests.helpers import listing, tree
+from tests.helpers import listing, run_cli, tree
 
-REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
 FS_SIZE = 8 * MiB
 
@@ -68,16 +66,8 @@ def _limit_file_size() -> None:  # in the child, before exec
 
 
 def restore(remote: str, target: Path, method: str, *, limited: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CKPTSYNC_", "SM_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "ckptsync", "restore", "--remote", remote, "--dir", str(target), "--latest"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        preexec_fn=_limit_file_size if limited and method.startswith("RLIMIT") else None,
-    )
+    limit = _limit_file_size if limited and method.startswith("RLIMIT") else None
+    return run_cli("restore", "--remote", remote, "--dir", str(target), "--latest", preexec_fn=limit)
 
 
 def _state(folder: Path) -> tuple[list[str], dict]:

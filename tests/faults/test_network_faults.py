@@ -21,7 +21,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -42,9 +41,8 @@ from tests.faults.proxy import (
     truncate_body,
 )
 from tests.faults.scenarios import full_size, record
-from tests.helpers import tree
+from tests.helpers import run_cli, start_cli, tree
 
-REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
 FULL = full_size()
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800 if FULL else 300)]
@@ -54,19 +52,9 @@ ATTEMPTS = 6  # RetryPolicy.attempts, the documented per-request budget (--retri
 # --------------------------------------------------------------------------- helpers
 
 
-def child_env(server, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CKPTSYNC_", "SM_", "NOTIFY_SOCKET", "WATCHDOG_"))}
-    env.update(server.env())
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
-
-
 def cli(server, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``python -m ckptsync ARGS`` with ``server``'s environment (a proxy-wrapped server: through the proxy)."""
-    return subprocess.run(
-        [sys.executable, "-m", "ckptsync", *args], env=child_env(server), capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
+    """``ckptsync ARGS`` with ``server``'s environment (a proxy-wrapped server: through the proxy)."""
+    return run_cli(*args, server=server, timeout=timeout)
 
 
 def write_ckpt(parent: Path, name: str, rng: random.Random, sizes: dict[str, int], step: int | None = None) -> Path:
@@ -465,13 +453,7 @@ def _drain_one(case: DrainCase, server, bucket: str, tmp_path: Path) -> dict:
         if case.own_bwlimit:
             args += ["--bwlimit", str(case.own_bwlimit)]
         with open(errpath, "w") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "ckptsync", *args],
-                env=child_env(proxy.wrap(server)),
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                cwd=REPO,
-            )
+            proc = start_cli(*args, server=proxy.wrap(server), stdout=subprocess.DEVNULL, stderr=err)
         try:
             upload_started = started.wait(30)
             time.sleep(0.5)  # well inside the upload: its first chunk bytes are on the link

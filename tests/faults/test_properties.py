@@ -20,8 +20,6 @@ import os
 import random
 import shutil
 import stat
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -46,19 +44,13 @@ from ckptsync.repository import Repository
 from ckptsync.session import RemoteSession
 from ckptsync.store import LocalStore, RetryingStore
 from tests.faults.scenarios import full_size, record
-from tests.helpers import listing, safetensors_bytes, tree
+from tests.helpers import listing, run_cli, safetensors_bytes, tree
 
-REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
 FULL = full_size()
 H_MISSING = "f" * 64  # a chunk no remote holds
 MODEL_SIZE = 1_200_000
 pytestmark = pytest.mark.timeout(1800 if FULL else 300)
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CKPTSYNC_", "SM_"))}
-    return subprocess.run([sys.executable, "-m", "ckptsync", *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
 def cli_inprocess(*args: str) -> tuple[int, str, str]:
@@ -424,7 +416,7 @@ def test_s15_hostile_manifests_end_to_end(tmp_path):
     for variant in [None, *PREPLACED]:
         _reset_target(w, variant, [c.key_name for c in cases if c.expect == "damaged"])
         before = snapshot(w.root, w.exclude)
-        p = cli("restore", "--remote", w.remote, "--dir", str(w.target), "--latest")
+        p = run_cli("restore", "--remote", w.remote, "--dir", str(w.target), "--latest")
         after = snapshot(w.root, w.exclude)
         changes = outside_changes(before, after, target_rel)
         writes_outside += [f"[{variant}] {c}" for c in changes]
@@ -458,7 +450,7 @@ def test_s15_hostile_manifests_end_to_end(tmp_path):
     for i, c in enumerate(cases):
         before = snapshot(w.root, (w.remote_dir / "locks",))
         if i in sampled:
-            p = cli("restore", "--remote", w.remote, "--dir", str(w.target), "--name", c.key_name)
+            p = run_cli("restore", "--remote", w.remote, "--dir", str(w.target), "--name", c.key_name)
             code, out, err = p.returncode, p.stdout, p.stderr
         else:
             code, out, err = cli_inprocess("restore", "--remote", w.remote, "--dir", str(w.target), "--name", c.key_name)
@@ -521,8 +513,8 @@ def test_s15_one_hostile_manifest_never_blocks_restore_latest_of_the_good_one(tm
     """A single hostile manifest next to a good checkpoint: list works, restore --latest restores the good one."""
     w, case = _world_with_one(tmp_path, label, mutation)
     before = snapshot(w.root, w.exclude)
-    p = cli("restore", "--remote", w.remote, "--dir", str(w.target), "--latest")
-    lst = cli("list", "--remote", w.remote, "--json")
+    p = run_cli("restore", "--remote", w.remote, "--dir", str(w.target), "--latest")
+    lst = run_cli("list", "--remote", w.remote, "--json")
     changes = outside_changes(before, snapshot(w.root, w.exclude), w.target.relative_to(w.root).as_posix())
     verdict = {
         "restore exit 0": p.returncode == 0,
@@ -545,7 +537,7 @@ def test_s15_a_newer_format_version_stops_restore_latest_as_format_md_requires(t
     """FORMAT.md 5.8: a manifest with a version above the reader's aborts restore (no silent fallback)."""
     w, _ = _world_with_one(tmp_path, "version 99", lambda d: d.update(version=99))
     before = listing(w.target)
-    p = cli("restore", "--remote", w.remote, "--dir", str(w.target), "--latest")
+    p = run_cli("restore", "--remote", w.remote, "--dir", str(w.target), "--latest")
     ok = p.returncode == 1 and "version 99" in p.stderr and "upgrade" in p.stderr and listing(w.target) == before
     record(15, "hostile manifest: newer format version", 1, "restore --latest stopped naming version 99" if ok else last_line(p.stderr), ok)
     assert ok, p.stderr

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 
 from tests.faults.scenarios import record
-from tests.helpers import make_hf_checkpoint
+from tests.helpers import make_hf_checkpoint, run_cli, start_cli
 
 SESSION_TOKEN = "FwoGZXIvYXdzEXAMPLEsessiontokenvalue1234567890"
 
@@ -19,9 +17,7 @@ def test_no_command_logs_the_access_key_secret_or_session_token(seaweedfs, tmp_p
     src = tmp_path / "src"
     src.mkdir()
     make_hf_checkpoint(src, 1, 0.5, params=1 << 12)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CKPTSYNC_"))}
-    env.update(seaweedfs.env())
-    env.update({"CKPTSYNC_LOG_LEVEL": "debug", "CKPTSYNC_DEBUG_BOTO": "1"})
+    env = {"CKPTSYNC_LOG_LEVEL": "debug", "CKPTSYNC_DEBUG_BOTO": "1"}
     secrets = [seaweedfs.access_key, seaweedfs.secret_key]
     commands = [
         ["push", "--dir", str(src), "--remote", remote],
@@ -34,28 +30,15 @@ def test_no_command_logs_the_access_key_secret_or_session_token(seaweedfs, tmp_p
     ]
     text = ""
     for args in commands:
-        p = subprocess.run([sys.executable, "-m", "ckptsync", *args], env=env, capture_output=True, text=True, timeout=120)
+        p = run_cli(*args, env=env, server=seaweedfs)
         assert p.returncode == 0, (args, p.stderr[-2000:])
         text += p.stdout + p.stderr
-    watch = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ckptsync",
-            "watch",
-            "--dir",
-            str(src),
-            "--remote",
-            remote,
-            "--state-dir",
-            str(tmp_path / "s"),
-            "--settle",
-            "0.2",
-        ],
+    watch = start_cli(
+        *("watch", "--dir", str(src), "--remote", remote, "--state-dir", str(tmp_path / "s"), "--settle", "0.2"),
         env=env,
+        server=seaweedfs,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
     )
     for line in watch.stdout:
         text += line
@@ -63,10 +46,7 @@ def test_no_command_logs_the_access_key_secret_or_session_token(seaweedfs, tmp_p
             watch.send_signal(signal.SIGTERM)
     watch.wait(60)
     # with a session token too (temporary credentials): the token must not appear either
-    env_token = dict(env, AWS_SESSION_TOKEN=SESSION_TOKEN)
-    p = subprocess.run(
-        [sys.executable, "-m", "ckptsync", "list", "--remote", remote], env=env_token, capture_output=True, text=True, timeout=60
-    )
+    p = run_cli("list", "--remote", remote, env={**env, "AWS_SESSION_TOKEN": SESSION_TOKEN}, server=seaweedfs, timeout=60)
     text += p.stdout + p.stderr
     secrets.append(SESSION_TOKEN)
     assert "botocore" in text and "DEBUG" in text  # debug logging really was on

@@ -10,14 +10,14 @@ import pytest
 from ckptsync.errors import StoreError
 from ckptsync.store import RetryingStore, RetryPolicy, S3Options, S3Store
 from tests.faults.proxy import S3Proxy, reset_request, reset_response, status, truncate_body
+from tests.helpers import use_env
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def proxied(rclone_s3, monkeypatch):
-    for k, v in rclone_s3.env().items():
-        monkeypatch.setenv(k, v)
+    use_env(monkeypatch, server=rclone_s3)
     bucket = rclone_s3.create_bucket()
     with S3Proxy(rclone_s3) as proxy:
         store = S3Store(bucket, S3Options(endpoint_url=proxy.endpoint_url))

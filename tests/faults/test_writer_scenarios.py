@@ -20,15 +20,7 @@ from ckptsync.session import RemoteSession
 from ckptsync.state import State
 from ckptsync.store import LocalStore, RetryingStore, S3Options, S3Store
 from tests.faults.scenarios import full_size, record
-
-
-def wait_until(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
+from tests.helpers import use_env, wait_until
 
 
 def committed_files(remote: str) -> dict[str, set[tuple[str, int, str]]]:
@@ -72,7 +64,7 @@ def test_slow_writer_with_long_pauses_never_gets_an_incomplete_checkpoint_commit
         with ThreadPoolExecutor(4) as pool:
             futures = {step: pool.submit(slow_writer, folder, step, 1.2) for step in range(1, n + 1)}
             finals = {f"checkpoint-{s}": fut.result() for s, fut in futures.items()}
-        wait_until(lambda: len(committed_files(remote)) == n)
+        wait_until(lambda: len(committed_files(remote)) == n, 60, f"all {n} checkpoints committed")
     finally:
         daemon.drain(deadline=time.monotonic() + 10)
         daemon.wait(30)
@@ -122,7 +114,7 @@ def test_rotation_deleting_folders_mid_upload_never_commits_missing_data(tmp_pat
             time.sleep(0.15)  # the trainer's pace between saves
             if step > 2:
                 shutil.rmtree(folder / f"checkpoint-{step - 2}")  # save_total_limit=2
-        wait_until(lambda: f"checkpoint-{cycles}" in committed_files(remote), timeout=120)
+        wait_until(lambda: f"checkpoint-{cycles}" in committed_files(remote), 120, f"checkpoint-{cycles} committed")
         assert not daemon.stopped
     finally:
         daemon.drain(deadline=time.monotonic() + 10)
@@ -155,8 +147,7 @@ def test_two_writers_on_one_prefix_never_overwrite_a_manifest(backend, tmp_path,
         opts = None
     else:  # rclone serve s3 ignores If-None-Match: only unique keys protect the manifests
         server = request.getfixturevalue("rclone_s3")
-        for k, v in server.env().items():
-            monkeypatch.setenv(k, v)
+        use_env(monkeypatch, server=server)
         bucket = server.create_bucket()
         # rclone answers two concurrent PUTs of one key with a 500: the retrying layer, as in production
         stores = [RetryingStore(S3Store(bucket, S3Options(endpoint_url=server.endpoint_url))) for _ in range(2)]

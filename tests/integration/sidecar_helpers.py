@@ -10,46 +10,22 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+
+from tests.helpers import ONE_BLAS_THREAD, run_cli, start_python, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = REPO / "examples" / "train.py"
-T = TypeVar("T")
-
-
-def wait_until(predicate: Callable[[], T | None], timeout: float, message: str = "", interval: float = 0.1) -> T:
-    """Poll ``predicate`` every ``interval`` s until it returns something truthy (returned); fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {message or predicate!r}")
-        time.sleep(interval)
-
-
-def child_env(server: Any, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a ckptsync child: nothing of the host's AWS/ckptsync/SageMaker settings, the server's."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CKPTSYNC_", "SM_", "NOTIFY_SOCKET", "WATCHDOG_"))}
-    env.update(server.env())
-    # numpy in the example trainer: one thread, so the 2-core CI box is not oversubscribed
-    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.update(extra or {})
-    return env
 
 
 def ckptsync(server: Any, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``python -m ckptsync ARGS`` to completion, with the server's environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "ckptsync", *args], env=child_env(server, env), capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
+    """``ckptsync ARGS`` to completion, with the server's environment."""
+    return run_cli(*args, env=env, server=server, timeout=timeout)
 
 
 def list_json(server: Any, remote: str) -> list[dict[str, Any]]:
@@ -132,12 +108,19 @@ class Child:
     _eof: bool = False
 
     @classmethod
-    def start(cls, argv: list[str], env: dict[str, str], logdir: Path, name: str) -> Child:
+    def start(cls, args: list[str], server: Any, logdir: Path, name: str, env: dict[str, str] | None = None) -> Child:
+        """``python ARGS`` with the server's environment (and ``env``), numpy in the trainer on one thread."""
         logdir.mkdir(parents=True, exist_ok=True)
         err = logdir / f"{name}.stderr"
         with open(err, "w") as errf:
-            proc = subprocess.Popen(
-                argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf, text=True, bufsize=1
+            proc = start_python(
+                *args,
+                env={**ONE_BLAS_THREAD, **(env or {})},
+                server=server,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=errf,
+                bufsize=1,
             )
         child = cls(proc, err)
         threading.Thread(target=child._pump, name=f"pump-{name}", daemon=True).start()
@@ -229,12 +212,12 @@ class Children:
 
     def ckptsync(self, *args: str, env: dict[str, str] | None = None, name: str | None = None, server: Any = None) -> Child:
         name = name or f"{args[0]}-{len(self.started)}"
-        child = Child.start([sys.executable, "-m", "ckptsync", *args], child_env(server or self.server, env), self.logdir, name)
+        child = Child.start(["-m", "ckptsync", *args], server or self.server, self.logdir, name, env)
         self.started.append(child)
         return child
 
     def python(self, code: str, *args: str, name: str) -> Child:
-        child = Child.start([sys.executable, "-c", code, *args], child_env(self.server), self.logdir, name)
+        child = Child.start(["-c", code, *args], self.server, self.logdir, name)
         self.started.append(child)
         return child
 
@@ -244,7 +227,13 @@ class Children:
 
 
 def watch_args(folder: Path, remote: str, state_dir: Path, *extra: str, settle: float = 0.5) -> list[str]:
+    """``watch`` of ``folder`` to ``remote``, its status in ``state_dir``, with ``extra`` options."""
     return ["watch", "--dir", str(folder), "--remote", remote, "--state-dir", str(state_dir), "--settle", str(settle), *extra]
+
+
+def run_args(folder: Path, remote: str, state_dir: Path, command: list[str], *extra: str, settle: float = 0.5) -> list[str]:
+    """``run`` of ``command`` with ``extra`` options, syncing ``folder`` to ``remote``, its status in ``state_dir``."""
+    return ["run", "--dir", str(folder), "--remote", remote, "--state-dir", str(state_dir), "--settle", str(settle), *extra, "--", *command]
 
 
 def no_traceback(text: str) -> bool:

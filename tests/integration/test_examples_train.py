@@ -8,32 +8,22 @@ resume, and turn SIGTERM into a final checkpoint and exit status 0.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.helpers import ONE_BLAS_THREAD, run_python, start_python
+
 TRAIN = Path(__file__).resolve().parents[2] / "examples" / "train.py"
 pytestmark = pytest.mark.timeout(60)
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CKPTSYNC_", "SM_"))}
-    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
-
-
 def train(folder: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, str(TRAIN), "--dir", str(folder), "--step-seconds", "0", "--size-mb", "0.05", *args],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    proc = run_python(
+        str(TRAIN), "--dir", str(folder), "--step-seconds", "0", "--size-mb", "0.05", *args, env=ONE_BLAS_THREAD, timeout=timeout
     )
     assert proc.returncode == 0, proc.stderr
     return proc
@@ -108,27 +98,12 @@ def test_resume_is_deterministic(tmp_path):
 
 def test_sigterm_writes_a_final_checkpoint_and_exits_0(tmp_path):
     ckpt = tmp_path / "ckpt"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(TRAIN),
-            "--dir",
-            str(ckpt),
-            "--steps",
-            "1000000",
-            "--every",
-            "20",
-            "--step-seconds",
-            "0.002",
-            "--size-mb",
-            "0.05",
-            "--keep",
-            "3",
-        ],
-        env=_env(),
+    proc = start_python(
+        *(str(TRAIN), "--dir", str(ckpt), "--steps", "1000000", "--every", "20", "--step-seconds", "0.002"),
+        *("--size-mb", "0.05", "--keep", "3"),
+        env=ONE_BLAS_THREAD,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
     )
     try:
         assert proc.stdout is not None

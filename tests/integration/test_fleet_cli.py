@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 import ckptsync
-from tests.helpers import make_hf_checkpoint, tree
+from tests.helpers import make_hf_checkpoint, run_cli, tree
 
 pytestmark = pytest.mark.integration
-
-
-def cli(*args: str, env: dict | None = None, server=None) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CKPTSYNC_", "SM_"))}
-    full["HOME"] = os.environ.get("HOME", "/tmp")
-    if server is not None:
-        full.update(server.env())
-    full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "ckptsync", *args], env=full, capture_output=True, text=True, timeout=120)
 
 
 def test_config_shows_each_source_with_the_documented_precedence(tmp_path):
@@ -35,7 +25,7 @@ def test_config_shows_each_source_with_the_documented_precedence(tmp_path):
         "SM_NUM_CPUS": "8",  # ...and the config file's workers=3 beats it
         "SM_LOG_LEVEL": "30",
     }
-    p = cli("config", "--json", "--region", "us-west-2", env=env)  # a flag beats everything
+    p = run_cli("config", "--json", "--region", "us-west-2", env=env)  # a flag beats everything
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert doc["region"] == {"value": "us-west-2", "source": "flag"}
@@ -50,7 +40,7 @@ def test_config_shows_each_source_with_the_documented_precedence(tmp_path):
 
 
 def test_config_masks_credentials(tmp_path):
-    p = cli("config", env={"AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY123456", "AWS_SECRET_ACCESS_KEY": "very-secret-value-123"})
+    p = run_cli("config", env={"AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY123456", "AWS_SECRET_ACCESS_KEY": "very-secret-value-123"})
     assert p.returncode == 0, p.stderr
     assert "AKIA****" in p.stdout
     assert "AKIAEXAMPLEKEY123456" not in p.stdout and "very-secret-value-123" not in p.stdout
@@ -64,22 +54,24 @@ def test_prune_on_seaweedfs_keeps_last_and_best_and_restores_them(seaweedfs, tmp
     losses = {10: 0.9, 20: 0.2, 30: 0.8, 40: 0.7, 50: 0.6, 60: 0.5}
     for step, loss in losses.items():
         make_hf_checkpoint(src, step, loss, params=1 << 12)
-    assert cli("push", "--dir", str(src), "--remote", remote, server=seaweedfs).returncode == 0
-    p = cli("prune", "--remote", remote, "--keep-last", "2", "--keep-best", "1", "--metric", "eval_loss", "--grace", "0", server=seaweedfs)
+    assert run_cli("push", "--dir", str(src), "--remote", remote, server=seaweedfs).returncode == 0
+    p = run_cli(
+        "prune", "--remote", remote, "--keep-last", "2", "--keep-best", "1", "--metric", "eval_loss", "--grace", "0", server=seaweedfs
+    )
     assert p.returncode == 0, p.stderr
-    rows = json.loads(cli("list", "--remote", remote, "--json", server=seaweedfs).stdout)
+    rows = json.loads(run_cli("list", "--remote", remote, "--json", server=seaweedfs).stdout)
     assert sorted(r["name"] for r in rows) == ["checkpoint-20", "checkpoint-50", "checkpoint-60"]
-    p = cli("verify", "--remote", remote, "--deep", server=seaweedfs)
+    p = run_cli("verify", "--remote", remote, "--deep", server=seaweedfs)
     assert p.returncode == 0, p.stdout + p.stderr
     out = tmp_path / "out"
-    p = cli("restore", "--remote", remote, "--dir", str(out), "--best", "--metric", "eval_loss", server=seaweedfs)
+    p = run_cli("restore", "--remote", remote, "--dir", str(out), "--best", "--metric", "eval_loss", server=seaweedfs)
     assert p.returncode == 0, p.stderr
     assert tree(out / "checkpoint-20") == tree(src / "checkpoint-20")
 
 
 def test_prune_without_rules_is_a_usage_error(tmp_path):
     (tmp_path / "r").mkdir()
-    p = cli("prune", "--remote", f"file://{tmp_path / 'r'}")
+    p = run_cli("prune", "--remote", f"file://{tmp_path / 'r'}")
     assert p.returncode == 2 and "no retention rule" in p.stderr
 
 
@@ -92,7 +84,7 @@ def test_export_places_the_best_checkpoints_files_into_the_model_dir(tmp_path):
         make_hf_checkpoint(src, step, loss, params=1 << 12)
     ckptsync.push(src, f"file://{remote}")
     model_dir = tmp_path / "model"
-    p = cli("export", "--remote", f"file://{remote}", "--best", "--metric", "eval_loss", env={"SM_MODEL_DIR": str(model_dir)})
+    p = run_cli("export", "--remote", f"file://{remote}", "--best", "--metric", "eval_loss", env={"SM_MODEL_DIR": str(model_dir)})
     assert p.returncode == 0, p.stderr
     assert tree(model_dir) == tree(src / "checkpoint-2")
     assert not [n for n in os.listdir(model_dir) if n.startswith(".")]
@@ -103,7 +95,7 @@ def test_run_writes_the_sync_report_into_sm_output_data_dir(tmp_path):
     remote.mkdir()
     out = tmp_path / "output"
     script = "import os, sys; d = sys.argv[1] + '/ck-1'; os.makedirs(d); open(d + '/w.bin', 'wb').write(b'x' * 1000); open(d + '/ckptsync.json', 'w').write('{\"step\": 1}')"
-    p = cli(
+    p = run_cli(
         "run",
         "--dir",
         str(tmp_path / "ck"),

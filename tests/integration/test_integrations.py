@@ -52,6 +52,7 @@ import pytest
 import ckptsync
 import ckptsync.syncer
 from ckptsync.cli import main as cli_main
+from tests.helpers import run_cli, start_cli, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -236,15 +237,6 @@ def restore_every_name(remote: str, dest: Path, finished: Finished) -> None:
     for i, name in enumerate(sorted(names)):
         result, _ = restore_and_compare(remote, dest / str(i), finished, name=name)
         assert result.name == name
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(0.05)
 
 
 # ============================================================================ Hugging Face Trainer (stand-in)
@@ -569,19 +561,14 @@ def doc_command(prefix: str, containing: str) -> list[str]:
 
 
 def with_options(cmd: list[str], replace: dict[str, str], extra: list[str], program: list[str]) -> list[str]:
-    """The doc's command with some option values replaced, options added, and the program after -- replaced."""
+    """The arguments of the doc's command (after ``ckptsync``) with some option values replaced, options added, and the
+    program after -- replaced."""
     sep = cmd.index("--")
     opts = cmd[2:sep]
     for i, tok in enumerate(opts[:-1]):
         if tok in replace:
             opts[i + 1] = replace[tok]
-    return [sys.executable, "-m", "ckptsync", cmd[1], *opts, *extra, "--", *program]
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CKPTSYNC_", "SM_", "FAKE_HF_", "NOTIFY_SOCKET", "WATCHDOG_"))}
-    env.update(PYTHONUNBUFFERED="1", **extra)
-    return env
+    return [cmd[1], *opts, *extra, "--", *program]
 
 
 def test_hf_train_script_under_ckptsync_run_survives_a_spot_stop(tmp_path: Path, remote: str) -> None:
@@ -603,17 +590,21 @@ def test_hf_train_script_under_ckptsync_run_survives_a_spot_stop(tmp_path: Path,
             [sys.executable, str(script)],
         )
 
-    env = child_env(
-        PYTHONPATH=str(fakes),
-        CKPTSYNC_DIR=str(ckdir),
-        SM_MODEL_DIR=str(tmp_path / "opt-ml-model"),
-        FAKE_HF_LOG=str(log),
-        FAKE_HF_PACE="0.03",
-        FAKE_HF_TRAIN_SECONDS="0.15",
-    )
+    env = {
+        "PYTHONPATH": str(fakes),
+        "CKPTSYNC_DIR": str(ckdir),
+        "SM_MODEL_DIR": str(tmp_path / "opt-ml-model"),
+        # every setting of the stand-in, so that none comes from the environment of the tests
+        "FAKE_HF_LOG": str(log),
+        "FAKE_HF_PACE": "0.03",
+        "FAKE_HF_TRAIN_SECONDS": "0.15",
+        "FAKE_HF_GATHER_SECONDS": "0",
+        "FAKE_HF_MAX_STEPS": "",
+        "FAKE_HF_CRASH": "",
+    }
     # Job 1: stopped (spot reclaim: SIGTERM to the entrypoint) while training after checkpoint-600.
     with open(tmp_path / "run1.stderr", "w") as err:
-        proc = subprocess.Popen(command("state1"), env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = start_cli(*command("state1"), env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=err)
         try:
             lines = []
             assert proc.stdout is not None
@@ -637,9 +628,7 @@ def test_hf_train_script_under_ckptsync_run_survives_a_spot_stop(tmp_path: Path,
 
     # Job 2, a new machine: empty disk, the same command; it restores checkpoint-600 and trains to step 1000.
     shutil.rmtree(ckdir)
-    run2 = subprocess.run(
-        command("state2"), env={**env, "FAKE_HF_MAX_STEPS": "1000"}, cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
+    run2 = run_cli(*command("state2"), env={**env, "FAKE_HF_MAX_STEPS": "1000"}, cwd=tmp_path, timeout=60)
     assert run2.returncode == 0, run2.stderr
     assert run2.stdout.splitlines() == ["resumed from checkpoint-600 at step 600", "saved checkpoint-800", "saved checkpoint-1000"]
     assert (tmp_path / "opt-ml-model" / "model.safetensors").is_file()  # the final model, outside the watched folder
@@ -1155,9 +1144,11 @@ def test_file_moved_into_place_is_uploaded_while_training(tmp_path: Path, remote
     ckpts = tmp_path / "ckpts"
     with ckptsync.Syncer(ckpts, remote, state_dir=tmp_path / "state", **FAST) as syncer:
         path = ns["save_checkpoint"]({"step": 5, "weight": os.urandom(20000)}, str(ckpts), 5, {"loss": 0.5})
-        committed = wait_until(lambda: recorder.named(path.name), timeout=3.0)  # settle is 0.5 s
-        pending = syncer.status().pending
-    assert committed, f"{path.name} not committed 3 s after it was written and marked, while training ran: {pending}"
+        wait_until(  # settle is 0.5 s
+            lambda: recorder.named(path.name),
+            3.0,
+            lambda: f"{path.name} committed within 3 s of being written and marked, while training ran: {syncer.status().pending}",
+        )
 
 
 def test_hf_save_cut_short_before_the_weights_is_not_committed(
@@ -1225,7 +1216,7 @@ def test_sidecar_marker_of_a_replaced_file_is_recorded_and_a_stale_one_ignored(t
     with ckptsync.Syncer(ckpts, remote, state_dir=tmp_path / "state", **FAST):
         writer(str(last), versions[100])
         ckptsync.mark(last, step=100, metrics={"val_loss": 0.5})
-        assert wait_until(lambda: recorder.named("last.ckpt"), timeout=4.0), "last.ckpt of step 100 was not committed"
+        wait_until(lambda: recorder.named("last.ckpt"), 4.0, "last.ckpt of step 100 committed")
         writer(str(last), versions[200])  # Lightning replaces last.ckpt ...
         time.sleep(1.2)  # ... and a callback marks it at the next hook, one (slow) training step later
         ckptsync.mark(last, step=200, metrics={"val_loss": 0.4})

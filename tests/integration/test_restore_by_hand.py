@@ -18,7 +18,6 @@ import random
 import re
 import struct
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +34,7 @@ from ckptsync.fsutil import STAGING_PREFIX, staging_slug
 from ckptsync.policy import Selector
 from tests import docs
 from tests.docs import DESIGN, RESTORE_BY_HAND
+from tests.helpers import run_python, use_env
 from tests.s3servers import S3Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -74,10 +74,9 @@ class Remote:
 
     def run(self, target: Path, *args: str) -> subprocess.CompletedProcess[str]:
         """The program as a user runs it: endpoint and credentials from the usual AWS environment."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CKPTSYNC_", "SM_"))}
-        env.update(self.server.env(), AWS_ENDPOINT_URL=self.server.endpoint_url)
-        command = [sys.executable, str(RESTORE_BY_HAND), self.url, str(target), *args]
-        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        return run_python(
+            str(RESTORE_BY_HAND), self.url, str(target), *args, env={"AWS_ENDPOINT_URL": self.server.endpoint_url}, server=self.server
+        )
 
     def put_manifest(self, doc: dict[str, object]) -> None:
         key = fmt.manifest_key(PREFIX, doc["name"], doc["commit"])  # type: ignore[arg-type]
@@ -86,13 +85,7 @@ class Remote:
 
 @pytest.fixture
 def remote(seaweedfs: S3Server, monkeypatch: pytest.MonkeyPatch) -> Remote:
-    env = seaweedfs.env()
-    # nothing of the host's AWS, ckptsync or SageMaker settings may leak in
-    for k in list(os.environ):
-        if k.startswith(("AWS_", "CKPTSYNC_", "SM_")) and k not in env:
-            monkeypatch.delenv(k)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+    use_env(monkeypatch, server=seaweedfs)  # nothing of the host's AWS, ckptsync or SageMaker settings may leak in
     return Remote(seaweedfs, seaweedfs.create_bucket("hand"))
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -19,12 +18,13 @@ import tempfile
 import threading
 import time
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from tests.faults.proxy import S3Proxy
+from tests.helpers import wait_until
+from tests.imds import FakeImds
 from tests.integration.sidecar_helpers import (
     TRAIN,
     Children,
@@ -37,7 +37,7 @@ from tests.integration.sidecar_helpers import (
     object_keys,
     read_manifest,
     read_status,
-    wait_until,
+    run_args,
     watch_args,
     write_checkpoint,
 )
@@ -98,19 +98,8 @@ def test_run_commits_checkpoints_while_the_trainer_is_still_running(rclone_s3, b
     remote = f"s3://{bucket}/job"
     ckpt = tmp_path / "ckpt"
     # 120 steps of 50 ms: about 6 s of training, a checkpoint every 0.5 s, 3 kept on disk
-    run = kids.ckptsync(
-        "run",
-        "--dir",
-        str(ckpt),
-        "--remote",
-        remote,
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--settle",
-        "0.5",
-        "--",
-        *_trainer(ckpt, "--steps", "120", "--every", "10", "--step-seconds", "0.05", "--keep", "3"),
-    )
+    trainer = _trainer(ckpt, "--steps", "120", "--every", "10", "--step-seconds", "0.05", "--keep", "3")
+    run = kids.ckptsync(*run_args(ckpt, remote, tmp_path / "state", trainer))
     run.wait_line(lambda s: s == "resumed from step 0", 20, "resumed from step 0")
     wait_until(lambda: committed_names(rclone_s3, bucket, "job"), 20, "a first commit")
 
@@ -136,20 +125,7 @@ def test_run_commits_checkpoints_while_the_trainer_is_still_running(rclone_s3, b
     ids=["exit-3", "sigkill-137"],
 )
 def test_run_exits_with_the_commands_status(rclone_s3, bucket, tmp_path, command, expected):
-    p = ckptsync(
-        rclone_s3,
-        "run",
-        "--dir",
-        str(tmp_path / "ckpt"),
-        "--remote",
-        f"s3://{bucket}/job",
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--settle",
-        "0.5",
-        "--",
-        *command,
-    )
+    p = ckptsync(rclone_s3, *run_args(tmp_path / "ckpt", f"s3://{bucket}/job", tmp_path / "state", command))
     assert p.returncode == expected, p.stderr
     assert no_traceback(p.stderr), p.stderr
 
@@ -157,22 +133,8 @@ def test_run_exits_with_the_commands_status(rclone_s3, bucket, tmp_path, command
 def test_run_forwards_sigterm_and_commits_the_final_checkpoint_before_exiting(rclone_s3, bucket, kids, tmp_path):
     remote = f"s3://{bucket}/job"
     ckpt = tmp_path / "ckpt"
-    run = kids.ckptsync(
-        "run",
-        "--dir",
-        str(ckpt),
-        "--remote",
-        remote,
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--settle",
-        "0.5",
-        "--drain-timeout",
-        "30",
-        "--",
-        # a save every 2.5 s
-        *_trainer(ckpt, "--steps", "5000", "--every", "50", "--step-seconds", "0.05"),
-    )
+    trainer = _trainer(ckpt, "--steps", "5000", "--every", "50", "--step-seconds", "0.05")  # a save every 2.5 s
+    run = kids.ckptsync(*run_args(ckpt, remote, tmp_path / "state", trainer, "--drain-timeout", "30"))
     run.wait_line(lambda s: s.startswith("saved checkpoint-50 "), 30, "saved checkpoint-50")
     # SIGTERM once checkpoint-50 is committed (settle + at most a tick, ~0.5-1.5 s after its save), not right after
     # the 'saved' line: a signal that lands while the trainer is still inside save() stops it at step 50 with nothing
@@ -209,22 +171,7 @@ def test_run_does_not_start_the_command_when_restore_fails(rclone_s3, tmp_path, 
         for key in object_keys(rclone_s3, bucket, "job/chunks/"):
             client.put_object(Bucket=bucket, Key=key, Body=b"garbage")
     ran = tmp_path / "command-ran"
-    p = ckptsync(
-        rclone_s3,
-        "run",
-        "--dir",
-        str(tmp_path / "ckpt"),
-        "--remote",
-        remote,
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--restore",
-        "latest",
-        "--",
-        "sh",
-        "-c",
-        f"touch {ran}",
-    )
+    p = ckptsync(rclone_s3, *run_args(tmp_path / "ckpt", remote, tmp_path / "state", ["sh", "-c", f"touch {ran}"], "--restore", "latest"))
     assert p.returncode == 1, p.stderr
     assert "ckptsync: error: restore failed, not starting the command" in p.stderr, p.stderr
     assert not ran.exists(), "the command ran although the restore failed"
@@ -486,70 +433,16 @@ def test_watch_tells_systemd_ready_watchdog_and_stopping(bucket, kids, tmp_path,
 # --------------------------------------------------------------------------- spot notices
 
 
-class _Imds:
-    """IMDSv2 in miniature: a token from PUT /latest/api/token, required on GET .../spot/instance-action."""
-
-    def __init__(self) -> None:
-        self.token = f"tok-{random.getrandbits(64):016x}"
-        self.notice = threading.Event()
-        self.authorized_gets = 0
-        self.unauthorized_gets = 0
-        self.lock = threading.Lock()
-        imds = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a: object) -> None:
-                pass
-
-            def _send(self, code: int, body: bytes = b"", ctype: str = "text/plain") -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_PUT(self) -> None:  # noqa: N802
-                if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
-                    self._send(200, imds.token.encode())
-                else:
-                    self._send(400)
-
-            def do_GET(self) -> None:  # noqa: N802
-                if self.path != "/latest/meta-data/spot/instance-action":
-                    self._send(404)
-                    return
-                with imds.lock:
-                    if self.headers.get("X-aws-ec2-metadata-token") != imds.token:
-                        imds.unauthorized_gets += 1
-                        self._send(401)
-                        return
-                    imds.authorized_gets += 1
-                if imds.notice.is_set():
-                    self._send(200, json.dumps({"action": "terminate", "time": "2030-01-01T00:02:00Z"}).encode(), "application/json")
-                else:
-                    self._send(404)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 SPOT_POLL_INTERVAL = 5.0  # SpotNoticePoller's default; the CLI has no flag for it
 
 
 def test_spot_notice_is_logged_within_one_poll_interval(bucket, kids, tmp_path):
     ckpt, state = tmp_path / "ckpt", tmp_path / "state"
     ckpt.mkdir()
-    imds = _Imds()
-    try:
+    with FakeImds() as imds:
         watch = kids.ckptsync(*watch_args(ckpt, f"s3://{bucket}/job", state, "--spot-notice", "--imds-endpoint", imds.endpoint))
         wait_until(lambda: imds.authorized_gets >= 1, 15, "a first IMDSv2 poll with the token")
-        imds.notice.set()
+        imds.notice = json.dumps({"action": "terminate", "time": "2030-01-01T00:02:00Z"})
         flipped = time.monotonic()
         watch.wait_stderr("spot interruption notice received", SPOT_POLL_INTERVAL + 3)
         took = time.monotonic() - flipped
@@ -561,8 +454,6 @@ def test_spot_notice_is_logged_within_one_poll_interval(bucket, kids, tmp_path):
         assert watch.wait(20) == 0, watch.stderr()
         assert imds.unauthorized_gets == 0
         assert no_traceback(watch.stderr()), watch.stderr()
-    finally:
-        imds.close()
 
 
 # --------------------------------------------------------------------------- systemd watchdog period

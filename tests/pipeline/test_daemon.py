@@ -17,18 +17,9 @@ from ckptsync.options import Options, WatchOptions
 from ckptsync.repository import Repository
 from ckptsync.state import State
 from ckptsync.store import LocalStore, RetryingStore, RetryPolicy
-from tests.helpers import make_hf_checkpoint, tree
+from tests.helpers import make_hf_checkpoint, tree, wait_until
 
 FAST = WatchOptions(settle=0.3, drain_timeout=10, tick=0.05, status_interval=0.1, retry_initial=0.1, retry_max=0.5)
-
-
-def wait_until(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Env:
@@ -72,9 +63,9 @@ def write_marked(folder: Path, name: str, step: int, size: int = 1 << 16) -> Pat
 def test_existing_checkpoints_are_committed_at_start_and_new_ones_as_they_appear(env):
     make_hf_checkpoint(env.folder, 10, 0.5, params=1 << 12)
     env.daemon.start()
-    wait_until(lambda: env.names() == ["checkpoint-10"], what="first commit")
+    wait_until(lambda: env.names() == ["checkpoint-10"], message="first commit")
     write_marked(env.folder, "checkpoint-20", 20)
-    wait_until(lambda: env.names() == ["checkpoint-20", "checkpoint-10"], what="second commit")
+    wait_until(lambda: env.names() == ["checkpoint-20", "checkpoint-10"], message="second commit")
     report = env.stop()
     assert report.committed == ["checkpoint-10", "checkpoint-20"] and report.unsynced == []
 
@@ -163,11 +154,11 @@ def test_transient_remote_errors_are_retried_later_and_the_daemon_keeps_running(
     e = Env(tmp_path, wrap=FailingPuts)
     write_marked(e.folder, "checkpoint-1", 1)
     e.daemon.start()
-    wait_until(lambda: e.daemon.report.failures >= 2, what="two failed upload attempts")
+    wait_until(lambda: e.daemon.report.failures >= 2, message="two failed upload attempts")
     assert not e.daemon.stopped and e.names() == []
     assert "checkpoint-1: 503 SlowDown" in e.daemon.status().errors[-1]
     e.store.failing.clear()
-    wait_until(lambda: e.names() == ["checkpoint-1"], what="commit after recovery")
+    wait_until(lambda: e.names() == ["checkpoint-1"], message="commit after recovery")
     report = e.stop()
     assert report.failures >= 2 and report.committed == ["checkpoint-1"]
 

@@ -14,6 +14,7 @@ import pytest
 
 from ckptsync.errors import AlreadyExists, NotFound, ObjectTooLarge, StoreError
 from ckptsync.store import LocalStore, S3Options, S3Store
+from tests.helpers import use_env
 
 
 @pytest.fixture(params=["local", "moto-inprocess", "seaweedfs", "rclone", "moto-server"])
@@ -25,8 +26,7 @@ def store(request, tmp_path, monkeypatch):
     if kind == "moto-inprocess":
         from moto import mock_aws
 
-        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(k, v)
+        use_env(monkeypatch, {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
         with mock_aws():
             import boto3
 
@@ -38,8 +38,7 @@ def store(request, tmp_path, monkeypatch):
         return
     fixture = {"seaweedfs": "seaweedfs", "rclone": "rclone_s3", "moto-server": "moto_s3"}[kind]
     server = request.getfixturevalue(fixture)
-    for k, v in server.env().items():
-        monkeypatch.setenv(k, v)
+    use_env(monkeypatch, server=server)
     bucket = server.create_bucket()
     s = S3Store(bucket, S3Options(endpoint_url=server.endpoint_url, region=server.region))
     s.conditional_writes = server.conditional_writes

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
 from ckptsync.errors import UsageError
 from ckptsync.store import S3Options, S3Store
+from tests.helpers import run_python
 
 BODY = b"chunk bytes " * 1000
 
@@ -153,7 +152,7 @@ def test_cli_import_loads_no_heavy_dependency() -> None:
         "import sys, ckptsync.cli\n"
         "print(sorted(m for m in ('botocore', 'boto3', 'numpy', 'zstandard', 'watchdog', 'tqdm') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = run_python("-c", code, check=True).stdout
     assert out.strip() == "[]"
 
 
@@ -177,5 +176,5 @@ def test_no_module_shares_a_name_with_a_public_function() -> None:
         "from ckptsync import RestoreResult, Syncer\n"
         "print(callable(ckptsync.restore), callable(ckptsync.verify), callable(ckptsync.prune), RestoreResult.__name__, Syncer.__name__)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = run_python("-c", code, check=True).stdout
     assert out.split() == ["True", "True", "True", "RestoreResult", "Syncer"]
