@@ -13,7 +13,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -78,34 +78,29 @@ def no_leaks() -> Iterator[None]:
 _FIXTURE_FOR = {"seaweedfs": "seaweedfs", "rclone": "rclone_s3", "moto": "moto_s3"}
 
 
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+def _session_server(start: Callable[[], tuple[S3Server, Callable[[], None]]]) -> Iterator[S3Server]:
+    """A server for the whole session, stopped at its end; what starting it starts is not blamed on a test."""
     with _session_resources():
-        server, stop = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+        server, stop = start()
     try:
         yield server
     finally:
         stop()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    yield from _session_server(lambda: start_seaweedfs(tmp_path_factory.mktemp("seaweedfs")))
 
 
 @pytest.fixture(scope="session")
 def rclone_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with _session_resources():
-        server, stop = start_rclone(tmp_path_factory.mktemp("rclone"))
-    try:
-        yield server
-    finally:
-        stop()
+    yield from _session_server(lambda: start_rclone(tmp_path_factory.mktemp("rclone")))
 
 
 @pytest.fixture(scope="session")
 def moto_s3() -> Iterator[S3Server]:
-    with _session_resources():
-        server, stop = start_moto()
-    try:
-        yield server
-    finally:
-        stop()
+    yield from _session_server(start_moto)
 
 
 @pytest.fixture(scope="session", params=list(_FIXTURE_FOR), ids=list(_FIXTURE_FOR))

@@ -24,7 +24,7 @@ import subprocess
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -345,37 +345,51 @@ def _detected(r: Remote2, out: Path) -> bool:
     return r.newer.name not in names and names <= {"unrelated.txt", ".hidden", r.older.name}
 
 
+@dataclass
+class Tally:
+    """Restores through corrupting proxies: corrupted downloads, those detected, and restores that fell back."""
+
+    r: Remote2
+    runs: int = 0
+    corrupted: int = 0
+    detected: int = 0
+    fell_back: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, label: str, p: subprocess.CompletedProcess[str], hits: int, out: Path) -> None:
+        """One restore into ``out`` whose downloads the proxy corrupted ``hits`` times."""
+        self.runs += 1
+        self.corrupted += hits
+        detected = _detected(self.r, out)
+        if detected:
+            self.detected += hits
+        verdict = _fell_back(self.r, p, out)
+        self.fell_back += all(verdict.values())
+        if not all(verdict.values()) or not detected:
+            self.problems.append(f"{label}: {[k for k, v in verdict.items() if not v]} exit {p.returncode}: {p.stderr[-800:]}")
+
+
 FLIP_VARIANTS = [("default-checksums", ()), ("checksum-when-required", ("--checksum", "when_required"))]
 
 
 def test_s9_bit_flipped_downloads_are_detected_and_restore_latest_falls_back(two_checkpoints, tmp_path):
     r = two_checkpoints
-    corrupted = detected = fell_back = runs = 0
-    problems: list[str] = []
+    t = Tally(r)
     for label, extra in FLIP_VARIANTS:
         for run in range(CORRUPT_RUNS):
-            runs += 1
             out = tmp_path / f"flip-{label}-{run}"
             p, hits = _restore_latest_through(r, flip_bits(), out, *extra, seed=run)
-            corrupted += hits
-            if _detected(r, out):
-                detected += hits
-            verdict = _fell_back(r, p, out)
-            fell_back += all(verdict.values())
-            if not all(verdict.values()) or not _detected(r, out):
-                problems.append(f"{label} run {run}: {[k for k, v in verdict.items() if not v]} exit {p.returncode}: {p.stderr[-800:]}")
-    figure = f"{detected}/{corrupted} bit-flipped downloads detected; fell back to the previous checkpoint in {fell_back}/{runs} restores"
-    ok = detected == corrupted and fell_back == runs
-    record(9, "bit-flipped downloads", runs, figure, ok)
-    assert corrupted >= runs
-    assert ok, f"{figure}\n" + "\n".join(problems)
+            t.add(f"{label} run {run}", p, hits, out)
+    figure = f"{t.detected}/{t.corrupted} bit-flipped downloads detected; fell back to the previous checkpoint in {t.fell_back}/{t.runs} restores"
+    ok = t.detected == t.corrupted and t.fell_back == t.runs
+    record(9, "bit-flipped downloads", t.runs, figure, ok)
+    assert t.corrupted >= t.runs
+    assert ok, f"{figure}\n" + "\n".join(t.problems)
 
 
 def test_s9_truncated_downloads_are_detected_and_restore_latest_falls_back(two_checkpoints, tmp_path):
     r = two_checkpoints
     rng = random.Random(90)
-    corrupted = detected = fell_back = 0
-    problems: list[str] = []
     # every GET of the newer checkpoint's chunks is cut short, so retrying cannot heal it; CI uses 2 attempts per
     # request instead of 6 only to save the backoff time (the outcome does not depend on the count)
     extra = () if FULL else ("--retries", "2")
@@ -388,23 +402,17 @@ def test_s9_truncated_downloads_are_detected_and_restore_latest_falls_back(two_c
                 range(CORRUPT_RUNS),
             )
         )
+    t = Tally(r)
     for run, (p, hits) in enumerate(done):
-        out = tmp_path / f"trunc-{run}"
-        corrupted += hits
-        if _detected(r, out):
-            detected += hits
-        verdict = _fell_back(r, p, out)
-        fell_back += all(verdict.values())
-        if not all(verdict.values()) or not _detected(r, out):
-            problems.append(f"run {run}: {[k for k, v in verdict.items() if not v]} exit {p.returncode}: {last_line(p.stderr)}")
+        t.add(f"run {run}", p, hits, tmp_path / f"trunc-{run}")
     figure = (
-        f"{detected}/{corrupted} truncated downloads detected; fell back to the previous checkpoint in {fell_back}/{CORRUPT_RUNS} restores"
+        f"{t.detected}/{t.corrupted} truncated downloads detected; fell back to the previous checkpoint in {t.fell_back}/{t.runs} restores"
     )
-    ok = detected == corrupted and fell_back == CORRUPT_RUNS
+    ok = t.detected == t.corrupted and t.fell_back == CORRUPT_RUNS
     record(9, "truncated downloads", CORRUPT_RUNS, figure, ok)
-    assert corrupted >= CORRUPT_RUNS
-    assert detected == corrupted, f"{figure}\n" + "\n".join(problems)
-    assert fell_back == CORRUPT_RUNS, f"{figure}\n" + "\n".join(problems)
+    assert t.corrupted >= CORRUPT_RUNS
+    assert t.detected == t.corrupted, f"{figure}\n" + "\n".join(t.problems)
+    assert t.fell_back == CORRUPT_RUNS, f"{figure}\n" + "\n".join(t.problems)
 
 
 # --------------------------------------------------------------------------- 11: SIGTERM on a slow link
