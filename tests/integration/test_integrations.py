@@ -18,7 +18,9 @@ After each run:
 - restores (latest, best, by name) are byte-identical to what the writer finished, and the recipe resumes
   from the right step on a new machine.
 
-The ``test_known_issue_*`` tests pin bugs of this version (see the end of the doc); they fail until fixed.
+The last section holds regression tests for bugs found with these writers and since fixed: a file moved into
+place was not uploaded until the job ended; a Trainer folder cut short before its weights, or by rotation, was
+committed; a single file's marker was trusted when stale and ignored when rewritten.
 """
 
 from __future__ import annotations
@@ -1128,17 +1130,16 @@ def test_doc_sections_blocks_and_commands() -> None:
             raise AssertionError(f"{shlex.join(argv)}: {exc.format_message()}") from None
 
 
-# ============================================================================ known issues of this version (failing until fixed)
+# ============================================================================ regression tests: bugs found with these writers, fixed
 
 
 def test_file_moved_into_place_is_uploaded_while_training(tmp_path: Path, remote: str, recorder: Recorder) -> None:
-    """The plain-PyTorch recipe (temp file, os.replace, mark) must be uploaded while the job runs, not only at its end.
+    """The plain-PyTorch recipe (temp file, os.replace, mark) is uploaded while the job runs, not only at its end.
 
-    Bug: the daemon's watcher callback marks a single-file entry "open for writing" on any non-close event,
-    including the move that brings the finished file in (ckptsync/daemon.py, Daemon._on_change); no
-    close-after-write event ever follows for the final name (the file was closed under its temp name), so
-    the entry stays "still open for writing" until the drain. A kill -9 or a drain that runs out of time
-    loses every checkpoint of the job. Lightning's atomic save (temp file + move) is hit the same way.
+    Regression: the move that brings a finished single file in counted as "open for writing", and no
+    close-after-write event follows for the final name (the file was closed under its temporary name), so the
+    entry waited for the drain; a kill -9 or a drain that ran out of time lost every checkpoint of the job.
+    Lightning's atomic save (temp file + move) was hit the same way.
     """
     ns = exec_block("torch-recipe", {**fake_torch(), "ckptsync": fast_ckptsync(tmp_path)})
     ckpts = tmp_path / "ckpts"
@@ -1156,10 +1157,10 @@ def test_hf_save_cut_short_before_the_weights_is_not_committed(
 ) -> None:
     """A checkpoint-N holding only config.json and generation_config.json is not a checkpoint.
 
-    Bug: completion.HF_FILES does not contain config.json or generation_config.json, so a Trainer folder
-    cut short before model.safetensors (the process is killed, or OOMs while gathering the state dict)
-    needs no trainer_state.json; the drain on exit commits it, and the next start restores it as the
-    newest checkpoint, from which resume_from_checkpoint fails.
+    Regression: those two files did not make a folder Trainer-like, so one cut short before model.safetensors
+    (the process killed, or out of memory while gathering the state dict) needed no trainer_state.json; the
+    drain on exit committed it, and the next start restored it as the newest checkpoint, from which
+    resume_from_checkpoint fails.
     """
     monkeypatch.setenv("FAKE_HF_CRASH", "write:checkpoint-20/generation_config.json")
     tf = hf.tf
@@ -1178,10 +1179,10 @@ def test_hf_rotation_cut_short_is_not_committed(
 ) -> None:
     """A folder that rotation was deleting when the trainer died is not a new version of that checkpoint.
 
-    Bug: after the trainer dies midway through save_total_limit's rmtree, the oldest folder still holds
-    trainer_state.json, so it passes as complete; the drain (writers gone: no settling) commits it as a
-    second, newer commit of the same name and step, without model.safetensors and optimizer.pt, and
-    restore prefers it (newest commit) by name, by step and by best metric.
+    Regression: after the trainer died midway through save_total_limit's rmtree, the oldest folder still held
+    trainer_state.json and passed as complete; the drain (writers gone: no settling) committed it as a second,
+    newer commit of the same name and step, without model.safetensors and optimizer.pt, and restore preferred
+    it (newest commit) by name, by step and by best metric.
     """
     monkeypatch.setenv("FAKE_HF_CRASH", "delete:checkpoint-10/optimizer.pt")
     monkeypatch.setenv("FAKE_HF_TRAIN_SECONDS", "0.3")
@@ -1199,11 +1200,11 @@ def test_hf_rotation_cut_short_is_not_committed(
 def test_sidecar_marker_of_a_replaced_file_is_recorded_and_a_stale_one_ignored(tmp_path: Path, remote: str, recorder: Recorder) -> None:
     """A file replaced in place (last.ckpt) whose marker is rewritten one training step later.
 
-    Bugs: (1) the previous save's X.ckptsync.json is trusted for the new content of X although it is older
-    than X (and, as a completion signal, lets X be taken after 2 s); (2) the new marker, written after X was
-    committed, is never recorded: sidecar events are ignored (daemon._on_change skips *.ckptsync.json) and
-    the sidecar is not part of X's fingerprint or content key. The remote then holds step 200's weights
-    recorded as step 100 with step 100's val_loss, which misleads --latest and --best.
+    Regression, two bugs: (1) the previous save's X.ckptsync.json was trusted for the new content of X although
+    older than X (and, as a completion signal, let X be taken after 2 s); (2) the new marker, written after X
+    was committed, was never recorded: a marker's change did not count as a change of X, nor was the marker
+    part of X's fingerprint. The remote then held step 200's weights recorded as step 100 with step 100's
+    val_loss, which misled --latest and --best.
     """
     ckpts = tmp_path / "ckpts"
     writer = lightning_writer("cross-mount", tmp_path / "fsspec-tmp")
