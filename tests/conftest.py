@@ -20,8 +20,9 @@ import pytest
 from tests.helpers import use_env
 from tests.s3servers import S3Server, start_moto, start_rclone, start_seaweedfs
 
-#: How long a test's threads and processes get to end after its teardown before they count as leaked.
-LEAK_GRACE = 5.0
+#: How long a test's threads and processes get to end after its teardown before they count as leaked, in seconds
+#: (``CKPTSYNC_TEST_LEAK_GRACE`` if set: the test of this fixture, tests/pipeline/test_no_leaks.py, makes it short).
+LEAK_GRACE = float(os.environ.get("CKPTSYNC_TEST_LEAK_GRACE", "5"))
 # Threads and processes of the session's servers: they outlive every test on purpose.
 _session_threads: set[int] = set()
 _session_pids: set[int] = set()
