@@ -389,6 +389,11 @@ class S3Proxy:
             if (method is None or r.method.upper() == method.upper()) and (path_contains is None or path_contains in r.path)
         )
 
+    def idle(self) -> bool:
+        """No client connection is open: every request read whole has been forwarded and logged."""
+        with self._lock:
+            return not self._clients
+
     def reset(self) -> None:
         """Empty the log (rules stay)."""
         with self._lock:

@@ -68,20 +68,6 @@ def _watching(state_dir: Path, pid: int):
     return doc if doc and doc.get("pid") == pid and doc.get("state") == "watching" else None
 
 
-def _proxy_idle(proxy: S3Proxy) -> bool:
-    """No client connection left open at the proxy: every request it read whole has been forwarded and logged."""
-    clients = getattr(proxy, "_clients", None)  # the proxy has no public "connections open" count
-    if clients is None:  # its internals changed: settle for a log that stops growing for 0.6 s
-        n = len(proxy.requests())
-        for _ in range(3):
-            time.sleep(0.2)
-            if len(proxy.requests()) != n:
-                return False
-        return True
-    with proxy._lock:
-        return not clients
-
-
 def _puts(proxy: S3Proxy, part: str) -> list[str]:
     """Keys (``prefix/...``) of the PUTs the proxy forwarded whose path contains ``part``, in order."""
     return [r.path.split("/", 2)[2] for r in proxy.requests() if r.method == "PUT" and part in r.path and r.backend_status is not None]
@@ -238,7 +224,7 @@ def test_watch_killed_mid_upload_resumes_without_resending_stored_chunks(rclone_
             wait_until(lambda: len(_puts(proxy, "/chunks/")) >= 4, 30, "4 chunk PUTs")
             first.proc.kill()
             assert first.wait(10) == -signal.SIGKILL
-            wait_until(lambda: _proxy_idle(proxy), 10, "the proxy done with the killed daemon's requests")
+            wait_until(proxy.idle, 10, "the proxy done with the killed daemon's requests")
             assert not _puts(proxy, "/manifests/"), "the upload finished before the kill; the test needs a slower link"
             stored = set(object_keys(rclone_s3, bucket, "job/chunks/"))
             assert set(_puts(proxy, "/chunks/")) == stored
