@@ -14,7 +14,7 @@
   the documents refer to exist.
 
 Checks that need ``ckptsync.push`` or a prune (thread pools) are in
-tests/integration/test_format_doc_writers.py; those of examples/restore_by_hand.py in
+tests/pipeline/test_format_doc_writers.py; those of examples/restore_by_hand.py in
 tests/integration/test_restore_by_hand.py.
 """
 
