@@ -25,6 +25,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .api import open_repository
 from .backoff import Backoff
 from .checkpoint import LocalCheckpoint, check_folder
 from .executor import lower_priority
@@ -111,8 +112,6 @@ class Daemon:
         on_commit: Callable[[UploadResult], None] | None = None,
     ) -> Daemon:
         """A daemon for ``folder`` and ``remote``, its state in ``state_dir`` (default: one per folder and remote)."""
-        from .api import open_repository
-
         state = State(state_dir or default_state_dir(folder, remote))
         return cls(folder, open_repository(remote, options), options, watch, state=state, on_commit=on_commit)
 

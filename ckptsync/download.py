@@ -98,15 +98,11 @@ def restore_checkpoint(
         result.files_reused = len(m.files)
         result.seconds = time.monotonic() - started
         return result
+    staging: Path | None = None
     try:
         _check_space(target_dir, m, plan.bytes_to_write)
         remove_dead_staging(target_dir, log)
         staging = new_staging(target_dir)
-    except BaseException as exc:
-        if created_dir:
-            remove_tree(target_dir)
-        raise _local_error(exc, final) if isinstance(exc, OSError) else exc from None
-    try:
         built = staging / m.name
         _build(repo, plan, built, result, workers, progress)
         fsync_dir(staging)
@@ -114,7 +110,8 @@ def restore_checkpoint(
         place(built, final)
         fsync_dir(target_dir)
     except BaseException as exc:
-        drop_staging(staging)
+        if staging is not None:
+            drop_staging(staging)
         if created_dir:
             remove_tree(target_dir)
         if isinstance(exc, OSError):

@@ -79,12 +79,6 @@ class State:
         except OSError:
             pass  # a cache: losing it costs a re-hash, never data
 
-    def forget_missing(self, names: set[str]) -> None:
-        """Drop entries whose checkpoint no longer exists locally."""
-        with self._lock:
-            for name in [n for n in self._committed if n not in names]:
-                del self._committed[name]
-
     def write_status(self, status: Status) -> None:
         """Write the daemon's status file (not fsynced: it is rewritten every few seconds)."""
         try:
