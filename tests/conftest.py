@@ -29,19 +29,36 @@ _session_pids: set[int] = set()
 
 
 def _children() -> set[int]:
-    """Live (not zombie) child processes of this process."""
-    me, out = os.getpid(), set()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == me and fields[0] != "Z":
-            out.add(int(entry.name))
+    """Live (not zombie) child processes of this process.
+
+    Each thread's ``children`` file names the processes it started (one small read a thread); where the
+    kernel has none, every process's parent is read from ``/proc``.
+    """
+    me = os.getpid()
+    try:
+        pids = {int(p) for task in os.listdir("/proc/self/task") for p in _read(f"/proc/self/task/{task}/children", strict=True).split()}
+    except FileNotFoundError:
+        pids = {int(e) for e in os.listdir("/proc") if e.isdigit()}
+    out = set()
+    for pid in pids:
+        fields = _read(f"/proc/{pid}/stat").rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and int(fields[1]) == me and fields[0] != "Z":
+            out.add(pid)
     return out
+
+
+def _read(path: str, *, strict: bool = False) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        if strict and not os.path.exists(os.path.dirname(path)):
+            return ""  # the thread ended meanwhile
+        if strict:
+            raise
+        return ""
+    except OSError:
+        return ""
 
 
 def _threads() -> set[int]:
