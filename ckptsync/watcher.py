@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +45,10 @@ class _QuietShutdown(logging.Filter):
 
 
 logging.getLogger("watchdog.observers.inotify").addFilter(_QuietShutdown())
+# watchdog warns when the inotify watch of a renamed folder's sub-folder is registered again under
+# its new path. It is the same watch, and ckptsync scans the renamed entry itself: the warning
+# would only alarm whoever reads the daemon's output.
+warnings.filterwarnings("ignore", message=r"Callback with id .* will be Overwritten", category=RuntimeWarning)
 
 #: ``on_change(name, kind)``: ``kind`` is ``"write"`` (bytes written to a file: it is
 #: open for writing), ``"closed"`` (closed after writing, or renamed into place) or

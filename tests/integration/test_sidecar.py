@@ -317,7 +317,7 @@ def test_temporary_folder_renamed_into_place_is_committed_once_under_its_final_n
     assert committed_names(rclone_s3, bucket, "job") == {"checkpoint-7", "checkpoint-8"}
     assert not [k for k in object_keys(rclone_s3, bucket, "job/") if "tmp-" in k]
     assert [r["name"] for r in list_json(rclone_s3, f"s3://{bucket}/job")] == ["checkpoint-8", "checkpoint-7"]
-    assert "tmp-checkpoint-7" not in watch.stderr()
+    assert "tmp-checkpoint-7" not in watch.stderr(), [line for line in watch.stderr().splitlines() if "tmp-checkpoint-7" in line]
 
 
 def test_status_shows_watching_and_the_last_commit(rclone_s3, bucket, kids, tmp_path):
