@@ -419,14 +419,25 @@ def test_watch_tells_systemd_ready_watchdog_and_stopping(bucket, kids, tmp_path,
 # --------------------------------------------------------------------------- spot notices
 
 
-SPOT_POLL_INTERVAL = 5.0  # SpotNoticePoller's default; the CLI has no flag for it
+SPOT_POLL_INTERVAL = 1.0  # --spot-interval (default 5 s)
 
 
 def test_spot_notice_is_logged_within_one_poll_interval(bucket, kids, tmp_path):
     ckpt, state = tmp_path / "ckpt", tmp_path / "state"
     ckpt.mkdir()
     with FakeImds() as imds:
-        watch = kids.ckptsync(*watch_args(ckpt, f"s3://{bucket}/job", state, "--spot-notice", "--imds-endpoint", imds.endpoint))
+        watch = kids.ckptsync(
+            *watch_args(
+                ckpt,
+                f"s3://{bucket}/job",
+                state,
+                "--spot-notice",
+                "--imds-endpoint",
+                imds.endpoint,
+                "--spot-interval",
+                str(SPOT_POLL_INTERVAL),
+            )
+        )
         wait_until(lambda: imds.authorized_gets >= 1, 15, "a first IMDSv2 poll with the token")
         imds.notice = json.dumps({"action": "terminate", "time": "2030-01-01T00:02:00Z"})
         flipped = time.monotonic()
