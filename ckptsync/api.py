@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 
 def default_options(command: str = "") -> Options:
-    """The options when the caller gives none: ``CKPTSYNC_*`` variables, the config file, SageMaker, defaults."""
+    """The options when the caller gives none: ``CKPTSYNC_*`` variables, the config file (its table for
+    ``command`` too, as on the command line), SageMaker, defaults."""
     return resolve(CONNECTION, command=command).options()
 
 
@@ -77,7 +78,7 @@ def push(
     """
     from .checkpoint import check_folder
 
-    opts = options or default_options()
+    opts = options or default_options("push")
     folder = check_folder(Path(dir))
     with open_repository(remote, opts, wrap=wrap) as repo:
         return _push(folder, repo, opts, progress)
@@ -130,7 +131,7 @@ def restore(
     from .recovery import Selector
     from .recovery import restore as _restore
 
-    opts = options or default_options()
+    opts = options or default_options("restore")
     sel = Selector(how=cast("Selection", select), metric=metric, mode=mode, name=name, step=step)  # checked by policy.candidates
     with open_repository(remote, opts, wrap=wrap) as repo:
         return _restore(
@@ -147,7 +148,7 @@ def restore(
 
 def list_checkpoints(remote: str, options: Options | None = None, *, wrap: StoreWrapper | None = None) -> list[Checkpoint]:
     """Every committed checkpoint of a remote, newest first (multi-host ones grouped, complete or not)."""
-    with open_repository(remote, options or default_options(), wrap=wrap) as repo:
+    with open_repository(remote, options or default_options("list"), wrap=wrap) as repo:
         return policy.by_latest(group(repo.load_manifests()))
 
 
@@ -163,7 +164,7 @@ def verify(
     """Check that every committed checkpoint's chunks exist (``deep``: and hash right)."""
     from .verification import verify as _verify
 
-    opts = options or default_options()
+    opts = options or default_options("verify")
     with open_repository(remote, opts, wrap=wrap) as repo:
         reports = _verify(repo, name=name, deep=deep, workers=opts.workers, progress=progress)
     return sorted(reports, key=lambda r: policy.latest_key(r.record.manifest), reverse=True)
@@ -186,7 +187,7 @@ def prune(
     """
     if not rules.active:
         raise UsageError("no retention rule given", "pass --keep-last N, --keep-best K --metric NAME, or --keep-every STEPS")
-    opts = options or default_options()
+    opts = options or default_options("prune")
     with open_repository(remote, opts, wrap=wrap) as repo:
         return _prune(repo, rules, grace=grace, dry_run=dry_run, host=opts.host or "")
 

@@ -24,7 +24,7 @@ from ckptsync.options import SETTINGS, WATCH_TIMINGS
 from ckptsync.repository import Repository
 from ckptsync.status import InFlight, LastCommit, Status
 from ckptsync.store import LocalStore
-from tests.helpers import clean_env, run_cli, tree
+from tests.helpers import clean_env, run_cli, tree, use_env
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 HOSTS = ("node-0", "node-1", "node-2")
@@ -46,24 +46,32 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> click.testing.Resul
 # ---------------------------------------------------------------- run --host restores that host's part
 
 
-def test_run_with_host_and_hosts_restores_that_hosts_part(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["file", "seaweedfs"])
+def test_run_with_host_and_hosts_restores_that_hosts_part(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     """``run --host node-1 --hosts ...`` restores node-1's files of a multi-host checkpoint, not this machine's."""
-    remote = tmp_path / "remote"
-    remote.mkdir()
+    server = None
+    if backend == "file":
+        (tmp_path / "remote").mkdir()
+        remote, s3 = f"file://{tmp_path / 'remote'}", ckptsync.S3Options()
+    else:
+        server = request.getfixturevalue("seaweedfs")
+        remote, s3 = f"s3://{server.create_bucket()}/job", ckptsync.S3Options(endpoint_url=server.endpoint_url)
+        use_env(request.getfixturevalue("monkeypatch"), server=server)  # credentials for the pushes in this process
     for host in HOSTS:
         d = tmp_path / host / "step_200"
         d.mkdir(parents=True)
         (d / f"__{host[-1]}_0.distcp").write_bytes(os.urandom(5000))
         (d / "ckptsync.json").write_text('{"step": 200}')
-        ckptsync.push(tmp_path / host, f"file://{remote}", ckptsync.Options(host=host, hosts=HOSTS, workers=2))
+        ckptsync.push(tmp_path / host, remote, ckptsync.Options(s3=s3, host=host, hosts=HOSTS, workers=2))
     out = tmp_path / "job"
     listing = tmp_path / "seen.json"
     script = "import json, os, sys; json.dump(sorted(os.listdir(sys.argv[1])), open(sys.argv[2], 'w'))"
     p = run_cli(
         "run",
         *("--host", "node-1", "--hosts", ",".join(HOSTS), "--restore", "latest"),
-        *("--dir", str(out), "--remote", f"file://{remote}", "--state-dir", str(tmp_path / "state")),
+        *("--dir", str(out), "--remote", remote, "--state-dir", str(tmp_path / "state")),
         *("--", sys.executable, "-c", script, str(out / "step_200"), str(listing)),
+        server=server,
     )
     assert p.returncode == 0, p.stderr
     assert json.loads(listing.read_text()) == ["__1_0.distcp", "ckptsync.json"], "the command must start on node-1's part"
@@ -311,3 +319,14 @@ def test_python_prune_keeps_what_the_rules_keep_and_refuses_no_rules(tmp_path: P
     report = ckptsync.prune(f"file://{remote}", ckptsync.Retention(keep_last=1, metric="eval_loss"), grace=timedelta(0))
     assert report.deleted == ["step-2"] and sorted(report.kept) == ["step-1", "step-3"]  # the newest and the best
     assert sorted(c.name for c in ckptsync.list_checkpoints(f"file://{remote}")) == ["step-1", "step-3"]
+
+
+def test_python_api_takes_the_config_files_table_of_its_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in list(os.environ):
+        if k.startswith(("CKPTSYNC_", "SM_")):
+            monkeypatch.delenv(k)
+    cfg = tmp_path / "ckptsync.toml"
+    cfg.write_text("workers = 3\n[push]\nworkers = 5\n")
+    monkeypatch.setenv("CKPTSYNC_CONFIG", str(cfg))
+    assert ckptsync.api.default_options("push").workers == 5
+    assert ckptsync.api.default_options("restore").workers == 3
