@@ -14,8 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from . import policy
-from .catalog import Checkpoint, group
+from . import catalog, policy
+from .catalog import Checkpoint
 from .errors import CkptsyncError, UsageError
 from .options import CONNECTION, Options, resolve
 from .repository import ManifestRecord, Repository
@@ -104,6 +104,7 @@ def _push(
             result = session.upload(ckpt, progress=progress(ckpt) if progress else None)
             log.log(logging.WARNING if result.status == "changed" else logging.INFO, "%s", describe(result))
             report.results.append(result)
+        session.seal_ready(last_look=True)
     return report
 
 
@@ -142,14 +143,22 @@ def restore(
             workers=opts.workers,
             progress_factory=progress,
             host=opts.host,
+            hosts=opts.hosts,
             all_hosts=all_hosts,
         )
 
 
-def list_checkpoints(remote: str, options: Options | None = None, *, wrap: StoreWrapper | None = None) -> list[Checkpoint]:
-    """Every committed checkpoint of a remote, newest first (multi-host ones grouped, complete or not)."""
+def list_checkpoints(
+    remote: str, options: Options | None = None, *, wrap: StoreWrapper | None = None, read: bool = True
+) -> list[Checkpoint]:
+    """Every committed checkpoint of a remote, newest first (multi-host ones grouped, complete or not).
+
+    ``read``: with each manifest (or a multi-host checkpoint's seal) read; without,
+    checkpoints with a catalog entry are known from it alone (one small object each).
+    """
     with open_repository(remote, options or default_options("list"), wrap=wrap) as repo:
-        return policy.by_latest(group(repo.load_manifests()))
+        found = catalog.load(repo, metrics=True)
+        return policy.by_latest([catalog.resolve(repo, c) for c in found] if read else found)
 
 
 def verify(

@@ -22,7 +22,7 @@ def build_manifest(
     files: Sequence[fmt.FileEntry],
     *,
     host: str,
-    hosts: tuple[str, ...],
+    group: fmt.Group | None,
     created: datetime,
     tool: str,
 ) -> fmt.Manifest:
@@ -37,7 +37,7 @@ def build_manifest(
         commit=fmt.new_commit_id(created, host),
         files=tuple(files),
         tool=tool,
-        hosts=hosts,
+        group=group,
     )
 
 
@@ -61,7 +61,8 @@ def find_equivalent(manifest: fmt.Manifest, committed: Iterable[fmt.Manifest], *
     deleting a committed folder) is not a new version either.
     """
     for other in committed:
-        mine = other.hosts == manifest.hosts and (not manifest.hosts or other.host == manifest.host)
+        multi = manifest.hosts or manifest.group
+        mine = (other.hosts, other.group) == (manifest.hosts, manifest.group) and (not multi or other.host == manifest.host)
         if not (mine and other.name == manifest.name and other.kind == manifest.kind):
             continue
         same_score = (other.step, dict(other.metrics)) == (manifest.step, dict(manifest.metrics))

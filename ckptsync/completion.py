@@ -79,6 +79,9 @@ class Readiness:
     ready: bool
     reason: str = ""
     signal: str | None = None
+    #: Not ready only for want of files the coordinator (rank 0) writes: in a multi-host job those
+    #: are on another node, whose announcement on the remote then completes this folder.
+    coordinator: bool = False
 
 
 def assess(kind: str, relpaths: Iterable[str], *, require_marker: bool = False, marker_present: bool = False, name: str = "") -> Readiness:
@@ -86,13 +89,16 @@ def assess(kind: str, relpaths: Iterable[str], *, require_marker: bool = False, 
 
     - a folder with a file being written (hidden temp files, ``*.tmp``, ...) is not ready;
     - a folder that looks like a Hugging Face checkpoint needs ``trainer_state.json``
-      (a ``checkpoint-N`` folder counts as one from its first ``config.json``);
-    - a torch.distributed.checkpoint folder (``*.distcp``) needs ``.metadata``;
+      (a ``checkpoint-N`` folder counts as one from its first ``config.json``, or its
+      first per-rank ``rng_state_N.pth``);
+    - a torch.distributed.checkpoint folder (``*.distcp``) needs ``.metadata`` beside its files;
+    - DeepSpeed shards in a sub-folder (Hugging Face's and Lightning's layouts) need ``latest``;
     - with ``require_marker`` every checkpoint needs its ``ckptsync.json`` marker
       (for a single-file checkpoint ``X``, the sidecar ``X.ckptsync.json``).
 
-    ``signal`` names the completion signal found, if any. A single-file checkpoint
-    has no signal unless its sidecar marker exists (``marker_present``).
+    ``signal`` names the completion signal found, if any; ``coordinator`` says the
+    entry waits only for files the coordinator writes (see :mod:`ckptsync.shards`).
+    A single-file checkpoint has no signal unless its sidecar marker exists (``marker_present``).
     """
     paths = list(relpaths)
     if kind == "file":
@@ -107,18 +113,34 @@ def assess(kind: str, relpaths: Iterable[str], *, require_marker: bool = False, 
     signal = next((f for f in SIGNAL_FILES if f in top), None)
     if require_marker and "ckptsync.json" not in top:
         return Readiness(False, "waiting for its ckptsync.json marker")
-    hf_like = top & HF_FILES or (_HF_NAME.match(name) and top & HF_CONFIG_FILES)
-    if hf_like and "trainer_state.json" not in top and signal is None:
-        return Readiness(False, "waiting for trainer_state.json")
-    if "trainer_state.json" in top and "ckptsync.json" not in top and not any(_HF_WEIGHTS.match(p) for p in top):
+    if not paths:
+        return Readiness(False, "empty folder")
+    if "ckptsync.json" in top:
+        return Readiness(True, signal="ckptsync.json")
+    # A Trainer's checkpoint-N: from its config, a per-rank rng_state_N.pth, or a sharded save's sub-folder.
+    trainer_parts = any(_RANK_RNG.match(p) or _TRAINER_SHARDS.match(p) for p in paths) or top & HF_CONFIG_FILES
+    hf_like = top & HF_FILES or (_HF_NAME.match(name) and trainer_parts)
+    if hf_like and "trainer_state.json" not in top:
+        return Readiness(False, "waiting for trainer_state.json", coordinator=True)
+    if "trainer_state.json" in top and not any(_HF_WEIGHTS.match(p) for p in top) and not _sharded_weights(paths):
         # Trainer writes the weights before its state: a state without weights is a
         # folder the trainer's own rotation is deleting (or a save cut short).
         return Readiness(False, "trainer_state.json without model weights (being deleted?)")
-    if any(p.endswith(".distcp") for p in paths) and ".metadata" not in top:
-        return Readiness(False, "waiting for .metadata")
-    if not paths:
-        return Readiness(False, "empty folder")
-    return Readiness(True, signal=signal)
+    distcp = {p.rpartition("/")[0] for p in paths if p.endswith(".distcp")}
+    if distcp - {p.rpartition("/")[0] for p in paths if p.rsplit("/", 1)[-1] == ".metadata"}:
+        return Readiness(False, "waiting for .metadata", coordinator=True)
+    if any("/" in p and "zero_pp_rank_" in p.rsplit("/", 1)[-1] for p in paths) and "latest" not in top:
+        return Readiness(False, "waiting for DeepSpeed's latest", coordinator=True)
+    return Readiness(True, signal=signal or (".metadata" if distcp else None))
+
+
+_RANK_RNG = re.compile(r"rng_state_\d+\.pth\Z")
+_TRAINER_SHARDS = re.compile(r"(pytorch_model_fsdp_\d+|optimizer_\d+|global_step\d+)/")
+
+
+def _sharded_weights(paths: list[str]) -> bool:
+    """Model weights saved as shards in a sub-folder (FSDP's ``pytorch_model_fsdp_0/``, DeepSpeed's ``global_stepN/``)."""
+    return any(p.endswith(".distcp") or "_model_states.pt" in p or "zero_pp_rank_" in p for p in paths if "/" in p)
 
 
 def settled(last_change: float, now: float, settle: float, *, signal: bool) -> bool:

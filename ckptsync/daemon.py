@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .api import open_repository
 from .backoff import Backoff
-from .checkpoint import LocalCheckpoint, check_folder
+from .checkpoint import LocalCheckpoint, check_folder, list_entries
 from .executor import lower_priority
 from .format import format_time
 from .notify import sd_notify, watchdog_period
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: After the drain deadline, how long an upload in flight may take to stop.
 _CANCEL_GRACE = 1.0
+#: How often the lead of a multi-host job looks whether every part of an unsealed checkpoint is committed.
+_SEAL_INTERVAL = 1.0
 #: Time kept for shutting down (joining threads, the report, the status file) inside the drain budget.
 _EXIT_MARGIN = 1.0
 
@@ -75,11 +77,10 @@ class Daemon:
         self.on_commit = on_commit
         self.journal = Journal()
         self.tracker = Tracker(settle=watch.settle, retry_initial=watch.retry_initial, retry_max=watch.retry_max)
-        self.link = RemoteLink(repo, options, Backoff(watch.retry_initial, watch.retry_max))
+        self.link = RemoteLink(repo, options, Backoff(watch.retry_initial, watch.retry_max), names=lambda: list_entries(self.folder))
         self._lock = threading.Lock()
-        self.observer = FolderObserver(
-            self.folder, self.tracker, self._lock, state=state, require_marker=watch.require_marker, clock=clock, wall=wall
-        )
+        coordinator = self.link.coordinator_done if len(options.hosts) > 1 else None
+        self.observer = FolderObserver(self.folder, self.tracker, self._lock, state, watch.require_marker, clock, wall, coordinator)
         self._wake = threading.Event()
         self._cancel = threading.Event()
         self._stopped = threading.Event()
@@ -201,6 +202,7 @@ class Daemon:
         pinger = Every(ping or 0.0, lambda: sd_notify("WATCHDOG=1"))
         status = Every(self.watch.status_interval, self._write_status)
         rescan = Every(self.watch.rescan_interval, lambda: self.observer.rescan(self.clock()), start=self.clock())
+        seal = Every(_SEAL_INTERVAL, self.link.seal_ready)
         # systemd kills a service whose pings come later than WATCHDOG_USEC: wake often enough.
         tick = min(self.watch.tick, ping) if ping else self.watch.tick
         try:
@@ -215,6 +217,7 @@ class Daemon:
                 rescan(now, force=force)
                 self.observer.evaluate(now)
                 self._dispatch(now)
+                seal(now)
                 pinger(now)
                 status(now)
                 if self._finished(now):
@@ -332,6 +335,8 @@ class Daemon:
         self._worker.stop()
         self._worker.thread.join(timeout=_CANCEL_GRACE)
         if not self._worker.thread.is_alive():
+            if self.tracker.draining:  # in case this host committed the last part of a multi-host checkpoint
+                self.link.seal_ready(last_look=True)
             self.link.close()
         with self._lock:
             self.report.unsynced = self.tracker.unsynced()

@@ -7,12 +7,13 @@ docs/FORMAT.md does not allow.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 import secrets
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, cast
@@ -21,10 +22,12 @@ from urllib.parse import quote, unquote
 from .errors import FormatError, NewerFormatError
 
 FORMAT_NAME = "ckptsync.manifest"
+HINT_NAME = "ckptsync.hint"
 #: The newest version this code reads. Writers use the lowest version that can
 #: express a manifest (version 2: ``hosts``; version 3: byte-grouped codecs;
-#: version 4: chunk parts, several small files packed into one chunk).
-FORMAT_VERSION = 4
+#: version 4: chunk parts, several small files packed into one chunk; version 5:
+#: ``group``, the parts and seal of a multi-host checkpoint).
+FORMAT_VERSION = 5
 HASH_ALGORITHM = "sha256"
 CODECS = ("raw", "zstd", "bg2", "bg4", "bg8", "bgr2", "bgr4", "bgr8")
 #: Codecs a manifest of each version may use (byte grouping needs version 3, rotated byte grouping 4).
@@ -32,6 +35,9 @@ CODECS_SINCE = {"raw": 1, "zstd": 1, "bg2": 3, "bg4": 3, "bg8": 3, "bgr2": 4, "b
 
 CHUNKS_DIR = "chunks"
 MANIFESTS_DIR = "manifests"
+PARTS_DIR = "parts"
+CATALOG_DIR = "catalog"
+COORDINATOR_FILE = "coordinator.json"
 
 MAX_CHUNK_SIZE = 64 << 20
 MAX_MANIFEST_BYTES = 64 << 20
@@ -40,6 +46,7 @@ MAX_COMPONENT_BYTES = 255
 MAX_NAME_BYTES = 255
 
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_HEX32 = re.compile(r"[0-9a-f]{32}\Z")
 _COMMIT_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z-[A-Za-z0-9._-]{1,63}-[0-9a-f]{16}\Z")
 
 
@@ -48,6 +55,39 @@ Kind = Literal["dir", "file"]
 
 #: The format version that introduced chunk parts (``offset``/``length``).
 PARTS_SINCE = 4
+#: The format version that introduced ``group``: multi-host parts and seals.
+GROUP_SINCE = 5
+#: Most hosts a group may have.
+MAX_GROUP_HOSTS = 1 << 20
+
+#: What a version-5 multi-host manifest is: one host's part, or the seal that completes the checkpoint.
+Role = Literal["part", "seal"]
+
+
+@dataclass(frozen=True)
+class Group:
+    """The host set of a multi-host checkpoint (format version 5), named by a digest instead of listed.
+
+    ``id`` is :func:`group_id` of the hosts, ``hosts`` how many there are and
+    ``lead`` the host that seals the checkpoint once every part is committed
+    (and whose part holds the files only the coordinator writes).
+    """
+
+    id: str
+    hosts: int
+    lead: str
+    role: Role = "part"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "hosts": self.hosts, "lead": self.lead, "role": self.role}
+
+    def as_seal(self) -> Group:
+        return Group(self.id, self.hosts, self.lead, "seal")
+
+
+def group_id(hosts: Iterable[str]) -> str:
+    """The digest that names a host set: SHA-256 of the sorted names, one per line, first 32 hex digits."""
+    return hashlib.sha256("\n".join(sorted(set(hosts))).encode("utf-8")).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -124,15 +164,25 @@ class Manifest:
     files: tuple[FileEntry, ...]
     tool: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
-    #: The hosts that each commit their part of this checkpoint (empty: a single host).
+    #: The hosts that each commit their part of this checkpoint (empty: a single host; version 2 to 4).
     hosts: tuple[str, ...] = ()
+    #: A version-5 multi-host part or seal: the host set by digest.
+    group: Group | None = None
 
     @property
     def version(self) -> int:
         """The lowest format version that can express this manifest."""
         codecs = max((CODECS_SINCE[c.codec] for f in self.files for c in f.chunks), default=1)
         parts = PARTS_SINCE if any(c.is_part for f in self.files for c in f.chunks) else 1
-        return max(codecs, parts, 2 if self.hosts else 1)
+        return max(codecs, parts, 2 if self.hosts else 1, GROUP_SINCE if self.group else 1)
+
+    @property
+    def is_seal(self) -> bool:
+        return self.group is not None and self.group.role == "seal"
+
+    @property
+    def is_part(self) -> bool:
+        return self.group is not None and self.group.role == "part"
 
     @property
     def raw_bytes(self) -> int:
@@ -172,6 +222,8 @@ class Manifest:
         }
         if self.hosts:
             doc["hosts"] = list(self.hosts)
+        if self.group is not None:
+            doc["group"] = self.group.to_json()
         for k, v in self.extra.items():
             doc.setdefault(k, v)
         return doc
@@ -313,7 +365,22 @@ def decode_manifest(data: bytes, *, key: str | None = None) -> Manifest:
 
 #: Top-level members a manifest of version 1 to 4 may have; others are kept in ``extra``.
 _KNOWN_MEMBERS = frozenset(
-    {"format", "version", "name", "kind", "step", "metrics", "created", "host", "commit", "tool", "hash_algorithm", "files", "hosts"}
+    {
+        "format",
+        "version",
+        "name",
+        "kind",
+        "step",
+        "metrics",
+        "created",
+        "host",
+        "commit",
+        "tool",
+        "hash_algorithm",
+        "files",
+        "hosts",
+        "group",
+    }
 )
 
 
@@ -335,7 +402,12 @@ def _decode_document(doc: dict[str, Any], version: int) -> Manifest:
         raise FormatError(f"commit id {commit[:80]!r} is malformed")
     files = tuple(_decode_file(f) for f in _get(doc, "files", list))
     _check_versions(files, version)
-    _check_file_set(name, kind, files)
+    group = _decode_group(doc["group"], host) if version >= GROUP_SINCE and "group" in doc else None
+    if group is not None and group.role == "seal":
+        if files:
+            raise FormatError("a seal lists no files")
+    else:
+        _check_file_set(name, kind, files)
     return Manifest(
         name=name,
         kind=kind,
@@ -347,8 +419,24 @@ def _decode_document(doc: dict[str, Any], version: int) -> Manifest:
         files=files,
         tool=doc["tool"] if isinstance(doc.get("tool"), str) else "",
         extra={k: v for k, v in doc.items() if k not in _KNOWN_MEMBERS},
-        hosts=_decode_hosts(doc, host) if version >= 2 and "hosts" in doc else (),
+        hosts=_decode_hosts(doc, host) if version >= 2 and "hosts" in doc and group is None else (),
+        group=group,
     )
+
+
+def _decode_group(doc: Any, host: str) -> Group:
+    if not isinstance(doc, dict):
+        raise FormatError("group is not an object")
+    gid, count, lead, role = _get(doc, "id", str), _get(doc, "hosts", int), _get(doc, "lead", str), _get(doc, "role", str)
+    if not _HEX32.match(gid):
+        raise FormatError("group id is not 32 lowercase hex digits")
+    if not 2 <= count <= MAX_GROUP_HOSTS:
+        raise FormatError(f"group hosts is not in 2..{MAX_GROUP_HOSTS}")
+    if not 0 < len(lead) <= 255 or not 0 < len(host) <= 255:
+        raise FormatError("group lead and host must be 1 to 255 characters")
+    if role not in ("part", "seal"):
+        raise FormatError(f"unknown group role {role[:20]!r}")
+    return Group(gid, count, lead, cast(Role, role))
 
 
 def _decode_metrics(doc: dict[Any, Any]) -> dict[str, float | None]:

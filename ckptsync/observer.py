@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import completion
@@ -36,6 +36,11 @@ class FolderObserver:
     require_marker: bool
     clock: Callable[[], float]
     wall: Callable[[], float]
+    #: In a multi-host job: whether the coordinator's files of a checkpoint are announced on the remote.
+    coordinator: Callable[[str], bool] | None = None
+    #: Seconds between two questions to the remote about one checkpoint.
+    ask_every: float = 2.0
+    _answers: dict[str, tuple[float, bool]] = field(default_factory=dict)
 
     def discover(self) -> int:
         """List the folder at start: each entry counts as last changed at its newest mtime. Returns how many."""
@@ -90,7 +95,21 @@ class FolderObserver:
         marker = sidecar_marker(self.folder / name) is not None if ckpt.kind == "file" else False
         relpaths = (f.relpath for f in ckpt.files)
         verdict = completion.assess(ckpt.kind, relpaths, require_marker=self.require_marker, marker_present=marker, name=name)
+        if not verdict.ready and verdict.coordinator and self._coordinator_done(name):
+            verdict = completion.Readiness(True, signal="coordinator")
         return Observation(ckpt, verdict, cached=self.state is not None and self.state.is_committed(ckpt) is not None)
+
+    def _coordinator_done(self, name: str) -> bool:
+        """Ask the remote (at most every ``ask_every`` seconds per checkpoint) whether another node's
+        part announced the coordinator's files: then every rank, ours included, finished writing."""
+        if self.coordinator is None:
+            return False
+        now = self.clock()
+        asked, answer = self._answers.get(name, (float("-inf"), False))
+        if not answer and now - asked >= self.ask_every:
+            answer = self.coordinator(name)
+            self._answers[name] = (now, answer)
+        return answer
 
 
 def last_change(path: Path, now: float, wall: float) -> float:

@@ -11,12 +11,13 @@ collection from deleting chunks under the restore.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import catalog, locks, policy
+from .assembly import for_node
 from .download import Progress, RestoreResult, restore_checkpoint
-from .errors import IntegrityError, NothingToRestore, StoreError
+from .errors import FormatError, IntegrityError, NewerFormatError, NothingToRestore, StoreError
 from .options import this_host
 from .policy import Selector
 from .repository import ManifestRecord, Repository
@@ -35,6 +36,7 @@ def restore(
     workers: int = 8,
     progress_factory: Callable[[ManifestRecord], Progress | None] | None = None,
     host: str | None = None,
+    hosts: Sequence[str] = (),
     all_hosts: bool = False,
 ) -> RestoreResult | None:
     """Restore the first intact checkpoint among the candidates ``sel`` names.
@@ -42,7 +44,8 @@ def restore(
     Returns None when nothing is committed (when nothing matches ``--name`` or
     ``--step``, NothingToRestore is raised). A damaged candidate is reported and
     the next one is tried, unless ``strict``. Of a multi-host checkpoint, this
-    ``host``'s files are restored (``all_hosts``: everyone's).
+    ``host``'s files are restored, with the coordinator's that its ranks need to
+    load (``all_hosts``: everyone's); ``hosts`` is the job's host set.
     """
     me = host or this_host()
     lock = _shared_lock(repo, me)
@@ -50,7 +53,7 @@ def restore(
         order = _candidates(repo, sel)
         if not order:
             return None
-        return _first_intact(repo, order, target_dir, strict, workers, progress_factory, me, all_hosts)
+        return _first_intact(repo, order, target_dir, strict, workers, progress_factory, (me, tuple(hosts)), all_hosts)
     finally:
         if lock is not None:
             lock.release()
@@ -70,7 +73,8 @@ def _shared_lock(repo: Repository, host: str) -> locks.Lock | None:
 
 def _candidates(repo: Repository, sel: Selector) -> list[catalog.Checkpoint]:
     """Complete committed checkpoints in the order ``sel`` tries them."""
-    checkpoints = catalog.group(repo.load_manifests(names=[sel.name] if sel.name is not None else None))
+    names = [sel.name] if sel.name is not None else None
+    checkpoints = catalog.load(repo, names=names, metrics=sel.how == "best" and sel.name is None and sel.step is None)
     for ck in checkpoints:
         if not ck.complete:
             log.info("skipping %s: not committed yet by %s", ck.name, ", ".join(ck.missing))
@@ -89,24 +93,30 @@ def _first_intact(
     strict: bool,
     workers: int,
     progress_factory: Callable[[ManifestRecord], Progress | None] | None,
-    host: str,
+    node: tuple[str, tuple[str, ...]],
     all_hosts: bool,
 ) -> RestoreResult:
     skipped: list[str] = []
     last_error: IntegrityError | None = None
     for ck in order:
-        rec = ck.merged() if all_hosts else ck.for_host(host)
         try:
+            rec = for_node(repo, ck, node[0], node[1], all_hosts=all_hosts)
             result = restore_checkpoint(
                 repo, rec, target_dir, workers=workers, progress=progress_factory(rec) if progress_factory else None
             )
+        except NewerFormatError:
+            raise
+        except FormatError as exc:
+            log.warning("skipping %s: %s", ck.name, exc.message)
+            skipped.append(ck.name)
+            continue
         except IntegrityError as exc:
             last_error = exc
-            log.warning("checkpoint %s (commit %s) is damaged: %s", rec.name, rec.manifest.commit, exc.message)
-            skipped.append(rec.name)
+            log.warning("checkpoint %s (commit %s) is damaged: %s", ck.name, ck.manifest.commit, exc.message)
+            skipped.append(ck.name)
             if strict:
                 raise IntegrityError(
-                    f"checkpoint {rec.name} is damaged: {exc.message}",
+                    f"checkpoint {ck.name} is damaged: {exc.message}",
                     "run 'ckptsync verify --deep' to see every damaged chunk; without --strict restore falls back to the next checkpoint",
                     chunk=exc.chunk,
                     path=exc.path,

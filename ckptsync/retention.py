@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from . import catalog, locks, policy
-from .repository import Repository
+from . import catalog, layout, locks, policy
+from . import format as fmt
+from .repository import ManifestRecord, Repository
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def prune(
     """Apply ``rules`` to the committed checkpoints of ``repo``."""
     rules.check()
     report = PruneReport(dry_run=dry_run)
-    checkpoints = catalog.group(repo.load_manifests())
+    checkpoints = catalog.load(repo, metrics=bool(rules.metric))
     complete = [c for c in checkpoints if c.complete]
     keep_flags = policy.retain(complete, rules)
     newest_complete = max((policy.latest_key(c.manifest) for c in complete), default=None)
@@ -62,18 +63,43 @@ def prune(
     doomed_ids = {id(c) for c in doomed}
     report.kept = [c.name for c in policy.by_latest(checkpoints) if id(c) not in doomed_ids]
     report.deleted = [c.name for c in policy.by_latest(doomed)]
-    doomed_keys = {rec.key for c in doomed for rec in c.records}
+    doomed_keys: set[str] = set()
     for c in doomed:
-        for rec in c.records:
+        keys = _keys(repo, c)
+        doomed_keys.update(keys)
+        for key in keys:
             if not dry_run:
-                repo.delete_manifest(rec)
-            report.manifests_deleted += 1
+                repo.store.delete(key)
+            if fmt.parse_manifest_key(key) or layout.parse_part_key(key):
+                report.manifests_deleted += 1
     if collect:
-        _collect(repo, grace, report, dry_run=dry_run, host=host, doomed_keys=doomed_keys)
+        sealed = {(c.name, c.entry.group if c.entry else (c.group.id if c.group else None)) for c in complete}
+        newest = newest_complete if newest_complete is not None else (0, -1, 0.0, "")
+        _collect(repo, grace, report, dry_run=dry_run, host=host, doomed_keys=doomed_keys, sealed=sealed, newest=newest)
     return report
 
 
-def _collect(repo: Repository, grace: timedelta, report: PruneReport, *, dry_run: bool, host: str, doomed_keys: set[str]) -> None:
+def _keys(repo: Repository, c: catalog.Checkpoint) -> list[str]:
+    """Every object of a checkpoint, its commit point first: manifests, or the seal, its catalog entry
+    and every part (listed: a sealed checkpoint's parts are found by its name and group)."""
+    keys = c.object_keys()
+    group = c.entry.group if c.entry is not None else (c.group.id if c.group else None)
+    if group is not None:
+        keys += [info.key for info in repo.store.list(layout.group_prefix(repo.prefix, c.name, group))]
+    return keys
+
+
+def _collect(
+    repo: Repository,
+    grace: timedelta,
+    report: PruneReport,
+    *,
+    dry_run: bool,
+    host: str,
+    doomed_keys: set[str],
+    sealed: set[tuple[str, str | None]],
+    newest: tuple[int, int, float, str],
+) -> None:
     lock = locks.Lock(repo.store, repo.prefix, "exclusive", host=host)
     try:
         started = locks.elapsed_clock()  # counts suspend too: the lock ages while we sleep
@@ -85,7 +111,8 @@ def _collect(repo: Repository, grace: timedelta, report: PruneReport, *, dry_run
         if not dry_run:
             locks.write_generation(repo.store, repo.prefix)
         # Read the manifests again under the lock: whatever was committed meanwhile counts.
-        referenced = {h for rec in repo.load_manifests() if rec.key not in doomed_keys for h in rec.manifest.chunk_refs()}
+        records = repo.load_manifests() + _live_parts(repo, doomed_keys, sealed, newest, report, dry_run=dry_run)
+        referenced = {h for rec in records if rec.key not in doomed_keys for h in rec.manifest.chunk_refs()}
         now = view.mine.modified  # the server's clock
         victims = []
         for (digest, codec_name), chunk in repo.list_chunk_objects().items():
@@ -114,3 +141,34 @@ def _collect(repo: Repository, grace: timedelta, report: PruneReport, *, dry_run
                     report.bytes_freed += freed
     finally:
         lock.release()
+
+
+def _live_parts(
+    repo: Repository,
+    doomed_keys: set[str],
+    sealed: set[tuple[str, str | None]],
+    newest: tuple[int, int, float, str],
+    report: PruneReport,
+    *,
+    dry_run: bool,
+) -> list[ManifestRecord]:
+    """Every multi-host part still needed; parts of a checkpoint never sealed and older than the newest
+    complete checkpoint can never complete usefully, and go (with their coordinator object)."""
+    parts = repo.load_parts([k for k in repo.list_all_parts() if k.key not in doomed_keys])
+    groups: dict[tuple[str, str], list[ManifestRecord]] = {}
+    for rec in parts:
+        assert rec.manifest.group is not None
+        groups.setdefault((rec.name, rec.manifest.group.id), []).append(rec)
+    live = []
+    for (name, group), members in groups.items():
+        if (name, group) in sealed or max(policy.latest_key(r.manifest) for r in members) >= newest:
+            live += members
+            continue
+        for rec in members:
+            if not dry_run:
+                repo.store.delete(rec.key)
+            report.manifests_deleted += 1
+        if not dry_run:
+            repo.store.delete(layout.coordinator_key(repo.prefix, name, group))
+        report.deleted.append(name)
+    return live

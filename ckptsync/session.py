@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
-from . import crashpoints, locks
+from . import crashpoints, locks, shards
 from . import format as fmt
 from ._version import __version__
 from .checkpoint import LocalCheckpoint
@@ -83,14 +83,19 @@ class RemoteSession:
     ) -> None:
         self.repo = repo
         self.host = host or this_host()
-        job = set(hosts)
+        given = list(dict.fromkeys(hosts))
         # A one-host set is a single-host job: written as such (format version 1).
-        self.hosts = tuple(sorted(job)) if len(job) > 1 else ()
+        self.hosts = tuple(sorted(given)) if len(given) > 1 else ()
         if self.hosts and self.host not in self.hosts:
             raise UsageError(
                 f"this host {self.host!r} is not among the job's hosts ({', '.join(self.hosts)})",
                 "check --host and --hosts (or SM_CURRENT_HOST and SM_HOSTS)",
             )
+        #: A multi-host job's parts (format version 5); the first host given is the lead, which seals.
+        self.group = fmt.Group(fmt.group_id(given), len(given), given[0]) if self.hosts else None
+        #: This host's committed parts whose checkpoint it has not seen sealed, by name.
+        self.unsealed: dict[str, fmt.Manifest] = {}
+        self._sealing = threading.Lock()
         self.clock = clock
         self.uploader = Uploader(repo, ChunkIndex(), workers=workers, max_memory=max_memory, nice=nice, chunk_size=chunk_size)
         #: Committed manifests by checkpoint name (those read at open, and every commit since).
@@ -109,6 +114,8 @@ class RemoteSession:
         try:
             session.clean_stale_writes()
             session.learn(rec.manifest for rec in repo.load_manifests(names=names))
+            if session.group is not None:
+                session.learn_parts(names)
         except BaseException:
             session.close()
             raise
@@ -132,6 +139,76 @@ class RemoteSession:
             for m in manifests:
                 self.committed[m.name].append(m)
         self.uploader.learn(manifests)
+
+    def learn_parts(self, names: Iterable[str] | None) -> None:
+        """Record this host's committed parts of ``names`` (a multi-host job); the lead also finds those
+        not sealed yet. Costs one listing per name, whatever the number of hosts."""
+        assert self.group is not None
+        if names is None:
+            return
+        sealed = {h.name for h in self.repo.list_hints() if h.group == self.group.id}
+        for name in names:
+            keys = self.repo.list_parts(name, self.group.id, self.host).get(self.host, [])
+            if not keys:
+                continue
+            parts = self.repo.load_parts([max(keys, key=lambda k: k.commit)])
+            self.learn(p.manifest for p in parts)
+            if parts and name not in sealed:
+                self.unsealed[name] = parts[0].manifest
+
+    @property
+    def is_lead(self) -> bool:
+        return self.group is not None and self.group.lead == self.host
+
+    def seal_ready(self, *, last_look: bool = False) -> list[str]:
+        """Seal every checkpoint of which every host has now committed its part; returns the names sealed.
+
+        The lead looks (one listing of each unsealed checkpoint's parts) after each
+        of its commits and, in the daemon, every second; another host looks once,
+        at the end of a push or a drain (``last_look``), in case it committed last.
+        """
+        if self.group is None or not (self.is_lead or last_look):
+            return []
+        with self._sealing:
+            return [name for name, part in list(self.unsealed.items()) if self._seal(name, part)]
+
+    def _seal(self, name: str, part: fmt.Manifest) -> bool:
+        assert self.group is not None
+        committed = self.repo.list_parts(name, self.group.id)
+        missing = [h for h in self.hosts if h not in committed]
+        if missing:
+            log.debug("%s: waiting for the parts of %d hosts (%s...)", name, len(missing), missing[0])
+            return False
+        if not self.is_lead:  # step and metrics come from the lead's part, which has the trainer's state
+            leads = self.repo.load_parts([max(committed[self.group.lead], key=lambda k: k.commit)])
+            part = leads[0].manifest if leads else part
+        created = self.clock()
+        seal = fmt.Manifest(
+            name=name,
+            kind=part.kind,
+            step=part.step,
+            metrics=part.metrics,
+            created=created,
+            host=self.host,
+            commit=fmt.new_commit_id(created, self.host),
+            files=(),
+            tool=f"ckptsync/{__version__}",
+            group=self.group.as_seal(),
+        )
+        self.repo.commit(seal)
+        del self.unsealed[name]
+        log.info("sealed %s: all %d hosts committed their parts", name, len(self.hosts))
+        return True
+
+    def announce(self, ckpt: LocalCheckpoint) -> None:
+        """In a multi-host job, a part holding the coordinator's files tells the other hosts' sidecars
+        that every rank has written its files (before the upload, so that theirs start at once)."""
+        if self.group is not None and ckpt.kind == "dir" and shards.holds_coordinator_files(f.relpath for f in ckpt.files):
+            self.repo.announce(ckpt.name, self.group.id, self.host, self.clock())
+
+    def coordinator_done(self, name: str) -> bool:
+        """Whether some host announced the coordinator's files of checkpoint ``name`` (one HEAD request)."""
+        return self.group is not None and self.repo.announced(name, self.group.id)
 
     def forget(self, names: Iterable[str]) -> None:
         """Drop what is known of checkpoints deleted from the remote."""
@@ -157,11 +234,17 @@ class RemoteSession:
         Setting ``cancel`` stops the upload between chunks; it then ends as
         ``cancelled`` and nothing is committed (chunks already stored stay).
         """
+        self.announce(ckpt)
         lock = self._lock_remote()
         try:
-            return self._upload_locked(ckpt, lock, progress, cancel)
+            result = self._upload_locked(ckpt, lock, progress, cancel)
         finally:
             lock.release()
+        if result.status == "committed" and self.group is not None and result.manifest is not None:
+            self.unsealed[ckpt.name] = result.manifest
+        if self.is_lead and result.status in ("committed", "unchanged"):
+            self.seal_ready()
+        return result
 
     def _lock_remote(self) -> locks.Lock:
         """Hold a shared lock (no chunk collection meanwhile) and make the chunk index current."""
@@ -197,7 +280,7 @@ class RemoteSession:
         change = ckpt.changed()
         if change is not None:
             return UploadResult(ckpt.name, "vanished" if change == "it was deleted" else "changed", change, stats=stats)
-        manifest = build_manifest(ckpt, entries, host=self.host, hosts=self.hosts, created=self.clock(), tool=f"ckptsync/{__version__}")
+        manifest = build_manifest(ckpt, entries, host=self.host, group=self.group, created=self.clock(), tool=f"ckptsync/{__version__}")
         stats.raw_bytes = manifest.raw_bytes
         stats.stored_bytes = manifest.stored_bytes
         with self._lock:
@@ -224,8 +307,13 @@ class RemoteSession:
     # -- retention
 
     def apply_retention(self, rules: Retention, grace: timedelta) -> PruneReport:
-        """Delete what ``rules`` do not keep (see :func:`ckptsync.retention.prune`), and forget it."""
-        report = prune(self.repo, rules, grace=grace, host=self.host)
+        """Delete what ``rules`` do not keep (see :func:`ckptsync.retention.prune`), and forget it.
+
+        In a multi-host job only the lead prunes, and leaves chunk collection (which
+        reads every host's parts) to ``ckptsync prune``."""
+        if self.group is not None and not self.is_lead:
+            return PruneReport()
+        report = prune(self.repo, rules, grace=grace, host=self.host, collect=self.group is None)
         self.forget(set(report.deleted) - set(report.kept))
         return report
 

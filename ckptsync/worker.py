@@ -35,10 +35,12 @@ log = logging.getLogger(__name__)
 class RemoteLink:
     """The remote as the daemon sees it: a session once it could be opened, and the last error."""
 
-    def __init__(self, repo: Repository, options: Options, backoff: Backoff) -> None:
+    def __init__(self, repo: Repository, options: Options, backoff: Backoff, *, names: Callable[[], list[str]] | None = None) -> None:
         self.repo = repo
         self.options = options
         self.backoff = backoff
+        #: The local checkpoint names, whose committed parts a multi-host session learns at open.
+        self.names = names
         self.session: RemoteSession | None = None
         self.error: str | None = None
         self._lock = threading.Lock()
@@ -47,7 +49,8 @@ class RemoteLink:
         """The session, opening it if needed (reads every committed manifest). Raises on failure."""
         with self._lock:
             if self.session is None:
-                self.session = RemoteSession.open(self.repo, self.options)
+                names = self.names() if self.names is not None and len(self.options.hosts) > 1 else None
+                self.session = RemoteSession.open(self.repo, self.options, names=names)
                 self.error = None
                 self.backoff.succeeded()
             return self.session
@@ -89,6 +92,27 @@ class RemoteLink:
                 report.chunks_deleted,
                 human_bytes(report.bytes_freed),
             )
+
+    def seal_ready(self, *, last_look: bool = False) -> None:
+        """Seal the checkpoints whose parts are all committed now (the lead; any host on its ``last_look``)."""
+        session = self.session
+        if session is None or not session.unsealed:
+            return
+        try:
+            session.seal_ready(last_look=last_look)
+        except CkptsyncError as exc:
+            log.warning("sealing deferred: %s", exc.message)
+
+    def coordinator_done(self, name: str) -> bool:
+        """Whether the coordinator's files of ``name`` are announced on the remote (False when unknown)."""
+        session = self.session
+        if session is None:
+            return False
+        try:
+            return session.coordinator_done(name)
+        except CkptsyncError as exc:
+            log.debug("cannot ask the remote about %s: %s", name, exc.message)
+            return False
 
     def close(self) -> None:
         if self.session is not None:

@@ -4,8 +4,10 @@ building checkpoint folders, comparing trees."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import pickle
 import struct
 import subprocess
 import sys
@@ -180,3 +182,45 @@ def _digest(p: Path) -> str:
 def listing(folder: Path) -> list[str]:
     """Every path under ``folder``, including hidden ones: for 'left exactly as it was' checks."""
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) if folder.exists() else []
+
+
+class _FakeTorchPickler(pickle._Pickler):  # type: ignore[name-defined,misc]
+    """Pickles stand-ins of torch's classes under torch's names (no torch needed)."""
+
+    def save_global(self, obj: Any, name: str | None = None) -> None:
+        module, qualname = getattr(obj, "torch_name", (obj.__module__, obj.__qualname__))
+        self.write(pickle.GLOBAL + f"{module}\n{qualname}\n".encode())
+        self.memoize(obj)
+
+
+def _torch_class(module: str, name: str) -> type:
+    return type(name, (), {"torch_name": (f"torch.distributed.checkpoint.{module}", name)})
+
+
+def dcp_metadata(sharded: dict[str, list[str]], whole: dict[str, str]) -> bytes:
+    """A torch.distributed.checkpoint ``.metadata`` as ``FileSystemWriter`` pickles it: ``sharded`` maps
+    an entry to the file of each of its shards (one per rank, split on dim 0), ``whole`` a non-tensor
+    entry to the one file that holds it."""
+    Metadata, TSM, BSM, Chunk, Index = (
+        _torch_class("metadata", n)
+        for n in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "MetadataIndex")
+    )
+    Info = _torch_class("filesystem", "_StorageInfo")
+
+    def obj(cls: type, **state: Any) -> Any:
+        o = cls.__new__(cls)
+        o.__dict__.update(state)
+        return o
+
+    entries: dict[str, Any] = {}
+    storage: dict[Any, Any] = {}
+    for fqn, files in sharded.items():
+        entries[fqn] = obj(TSM, size=[4 * len(files)], chunks=[obj(Chunk, offsets=[4 * i], sizes=[4]) for i in range(len(files))])
+        for i, f in enumerate(files):
+            storage[obj(Index, fqn=fqn, offset=[4 * i], index=None)] = obj(Info, relative_path=f, offset=0, length=16)
+    for fqn, f in whole.items():
+        entries[fqn] = obj(BSM)
+        storage[obj(Index, fqn=fqn, offset=None, index=None)] = obj(Info, relative_path=f, offset=0, length=8)
+    buf = io.BytesIO()
+    _FakeTorchPickler(buf, protocol=2).dump(obj(Metadata, state_dict_metadata=entries, storage_data=storage))
+    return buf.getvalue()

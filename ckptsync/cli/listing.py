@@ -29,7 +29,7 @@ from .params import run_command, settings
 def command(s: Resolved) -> None:
     """Show the committed checkpoints (newest first, or sorted by --sort)."""
     remote = s.remote()
-    records = sort(api.list_checkpoints(remote, s.options()), s["sort"], s["mode"])
+    records = sort(api.list_checkpoints(remote, s.options(), read=False), s["sort"], s["mode"])
     if s["json"]:
         click.echo(json.dumps([row(r) for r in records], indent=1))
     elif not records:
@@ -52,7 +52,7 @@ def sort(records: list[Checkpoint], by: str, mode: str | None) -> list[Checkpoin
 def table(records: list[Checkpoint]) -> list[str]:
     """The table's lines: a header, then one row per checkpoint, columns padded."""
     columns = sorted({k for r in records for k in r.manifest.metrics})
-    multi = any(r.hosts for r in records)
+    multi = any(r.hosts or r.sealed for r in records)
     rows = [["NAME", *(["HOSTS"] if multi else []), "STEP", *(c.upper() for c in columns), "CREATED", "FILES", "RAW", "STORED"]]
     for r in records:
         m = r.manifest
@@ -63,17 +63,23 @@ def table(records: list[Checkpoint]) -> list[str]:
                 "-" if m.step is None else str(m.step),
                 *(_num(m.metrics[c]) if c in m.metrics else "-" for c in columns),
                 m.created.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
-                str(len(m.files)),
-                human_bytes(m.raw_bytes),
-                human_bytes(m.stored_bytes),
+                *_totals(r),
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
+def _totals(ck: Checkpoint) -> list[str]:
+    """FILES, RAW and STORED; ``-`` for a sealed multi-host checkpoint (its parts are not read)."""
+    t = ck.totals()
+    return ["-", "-", "-"] if t is None else [str(t[0]), human_bytes(t[1]), human_bytes(t[2])]
+
+
 def host_state(ck: Checkpoint) -> str:
     """``2/3 (waiting for algo-3)`` for a multi-host checkpoint, ``-`` for a single-host one."""
+    if ck.sealed:
+        return f"{ck.host_count}/{ck.host_count}"
     if not ck.hosts:
         return "-"
     done = f"{len(ck.hosts) - len(ck.missing)}/{len(ck.hosts)}"
@@ -83,9 +89,11 @@ def host_state(ck: Checkpoint) -> str:
 def row(ck: Checkpoint) -> dict[str, Any]:
     """One checkpoint as ``list --json`` prints it."""
     m = ck.manifest
+    totals = ck.totals()
     return {
         "hosts": list(ck.hosts),
-        "committed_hosts": sorted(ck.members) if ck.hosts else [m.host],
+        "host_count": ck.host_count,
+        "committed_hosts": sorted(ck.members) if ck.hosts else ([] if ck.sealed else [m.host]),
         "complete": ck.complete,
         "name": m.name,
         "step": m.step,
@@ -93,9 +101,9 @@ def row(ck: Checkpoint) -> dict[str, Any]:
         "created": format_time(m.created),
         "host": m.host,
         "commit": m.commit,
-        "files": len(m.files),
-        "raw_bytes": m.raw_bytes,
-        "stored_bytes": m.stored_bytes,
+        "files": totals[0] if totals else None,
+        "raw_bytes": totals[1] if totals else None,
+        "stored_bytes": totals[2] if totals else None,
     }
 
 

@@ -26,9 +26,9 @@ from tests.docs import DESIGN, FORMAT
 prune_mod = importlib.import_module("ckptsync.retention")
 
 
-def test_push_writes_version_2_only_with_hosts_and_the_fields_of_the_example(tmp_path: Path) -> None:
+def test_push_writes_a_version_5_part_with_a_group_and_single_hosts_without(tmp_path: Path) -> None:
     example = json.loads(docs.block(DESIGN, "example-manifest-v2", "json"))
-    for hosts, version in ((("algo-1", "algo-2"), 2), (("algo-1",), 1), ((), 1)):
+    for hosts, version in ((("algo-1", "algo-2"), 5), (("algo-1",), 1), ((), 1)):
         folder = tmp_path / f"src-{len(hosts)}"
         (folder / "checkpoint-1200").mkdir(parents=True)
         (folder / "checkpoint-1200" / "rng_state_0.pth").write_bytes(os.urandom(1000))
@@ -36,11 +36,12 @@ def test_push_writes_version_2_only_with_hosts_and_the_fields_of_the_example(tmp
         remote.mkdir()
         report = ckptsync.push(folder, f"file://{remote}", ckptsync.Options(host="algo-1", hosts=hosts, workers=1))
         assert [r.status for r in report.results] == ["committed"]
-        [path] = (remote / "manifests").rglob("*.json")
+        [path] = (remote / ("parts" if hosts[1:] else "manifests")).rglob("*.json")
         written = json.loads(path.read_bytes())
         assert written["version"] == version
-        if version == 2:
-            assert set(written) == set(example) and written["hosts"] == ["algo-1", "algo-2"]
+        if version == 5:  # a part: the host set by digest, algo-1 (the first given) leads
+            assert set(written) == set(example) - {"hosts"} | {"group"}
+            assert written["group"] == {"id": fmt.group_id(hosts), "hosts": 2, "lead": "algo-1", "role": "part"}
         else:  # the lowest version that can express the manifest; no hosts member
             assert set(written) == set(example) - {"hosts"}
 
@@ -63,8 +64,8 @@ def test_prune_deletes_only_superseded_incomplete_multi_host_checkpoints(tmp_pat
     push("algo-2", 30)
     push("algo-1", 40)  # still being committed: newer than the newest complete checkpoint
     report = prune_mod.prune(open_repository(f"file://{remote}"), policy.Retention(keep_last=5), grace=timedelta(0), dry_run=True)
-    assert report.deleted == ["checkpoint-20"]
-    assert report.kept == ["checkpoint-40", "checkpoint-30"]
+    assert report.deleted == ["checkpoint-20"]  # checkpoint-40's part stays: its other part may still come
+    assert report.kept == ["checkpoint-30"]
 
 
 def test_chunks_of_unknown_age_are_never_collected(tmp_path: Path) -> None:

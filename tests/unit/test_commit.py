@@ -28,7 +28,8 @@ FILES = [fmt.FileEntry("w.bin", 10, 0o644, "a" * 64, (CHUNK,))]
 def manifest(
     host: str = "h1", hosts: tuple[str, ...] = (), step: int | None = 5, files: list[fmt.FileEntry] = FILES, **metrics: float
 ) -> fmt.Manifest:
-    return build_manifest(local(Score(step, metrics)), files, host=host, hosts=hosts, created=T, tool="ckptsync/test")
+    group = fmt.Group(fmt.group_id(hosts), len(hosts), hosts[0]) if hosts else None
+    return build_manifest(local(Score(step, metrics)), files, host=host, group=group, created=T, tool="ckptsync/test")
 
 
 def test_the_manifest_carries_the_scan_and_a_fresh_commit_id() -> None:
