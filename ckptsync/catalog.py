@@ -105,7 +105,7 @@ class Checkpoint:
         assert self.entry is not None
         e = self.entry
         created = self.info.get("created") or _stamp(e.commit)
-        return Manifest(e.name, "dir", e.step, dict(self.info.get("metrics", {})), created, "", e.commit, ())
+        return Manifest(e.name, "dir", e.step, dict(self.info.get("metrics", {})), created, self.info.get("host", ""), e.commit, ())
 
     @property
     def records(self) -> list[ManifestRecord]:

@@ -32,6 +32,7 @@ from .format import (
     _unique_keys,
     check_name,
     format_time,
+    parse_time,
     join_key,
     quote_name,
 )
@@ -120,6 +121,7 @@ def encode_hint(manifest: Manifest) -> bytes:
         "format": HINT_NAME,
         "metrics": {k: _json_number(v) for k, v in sorted(manifest.metrics.items())},
         "created": format_time(manifest.created),
+        "host": manifest.host,
     }
     if manifest.group is None:
         doc.update(files=len(manifest.files), raw_bytes=manifest.raw_bytes, stored_bytes=manifest.stored_bytes)
@@ -144,4 +146,8 @@ def decode_hint(data: bytes) -> dict[str, Any]:
     for k in ("files", "raw_bytes", "stored_bytes", "hosts"):
         if _is_int(doc.get(k)) and doc[k] >= 0:
             out[k] = doc[k]
+    if isinstance(doc.get("host"), str) and len(doc["host"]) <= 255:
+        out["host"] = doc["host"]
+    if isinstance(doc.get("created"), str):
+        out["created"] = parse_time(doc["created"])
     return out
