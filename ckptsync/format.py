@@ -46,8 +46,8 @@ MAX_COMPONENT_BYTES = 255
 MAX_NAME_BYTES = 255
 
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
-_HEX32 = re.compile(r"[0-9a-f]{32}\Z")
-_COMMIT_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z-[A-Za-z0-9._-]{1,63}-[0-9a-f]{16}\Z")
+HEX32 = re.compile(r"[0-9a-f]{32}\Z")
+COMMIT_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z-[A-Za-z0-9._-]{1,63}-[0-9a-f]{16}\Z")
 
 
 #: What a checkpoint is: a folder of files, or a single file.
@@ -212,7 +212,7 @@ class Manifest:
             "name": self.name,
             "kind": self.kind,
             "step": self.step,
-            "metrics": {k: _json_number(v) for k, v in sorted(self.metrics.items())},
+            "metrics": {k: json_number(v) for k, v in sorted(self.metrics.items())},
             "created": format_time(self.created),
             "host": self.host,
             "commit": self.commit,
@@ -257,7 +257,7 @@ def parse_manifest_key(key: str) -> tuple[str, str] | None:
     if len(parts) < 3 or parts[-3] != MANIFESTS_DIR or not parts[-1].endswith(".json"):
         return None
     commit = parts[-1][: -len(".json")]
-    if not _COMMIT_ID.match(commit):
+    if not COMMIT_ID.match(commit):
         return None
     try:
         name = unquote(parts[-2], errors="strict")
@@ -340,7 +340,7 @@ def decode_manifest(data: bytes, *, key: str | None = None) -> Manifest:
     if len(data) > MAX_MANIFEST_BYTES:
         raise FormatError(f"manifest is larger than {MAX_MANIFEST_BYTES} bytes{where}")
     try:
-        doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        doc = json.loads(data.decode("utf-8"), parse_constant=reject_constant, object_pairs_hook=unique_keys)
     except (UnicodeDecodeError, ValueError, RecursionError, OverflowError) as exc:
         raise FormatError(f"manifest is not valid JSON{where}: {exc}") from None
     if not isinstance(doc, dict):
@@ -388,19 +388,19 @@ def _decode_document(doc: dict[str, Any], version: int) -> Manifest:
     """A manifest of any version up to :data:`FORMAT_VERSION` from its parsed JSON (docs/FORMAT.md section 5)."""
     if doc.get("hash_algorithm", HASH_ALGORITHM) != HASH_ALGORITHM:
         raise FormatError(f"unknown hash algorithm {doc.get('hash_algorithm')!r}")
-    name = check_name(_get(doc, "name", str))
-    kind = _get(doc, "kind", str)
+    name = check_name(field_of(doc, "name", str))
+    kind = field_of(doc, "kind", str)
     if kind not in ("dir", "file"):
         raise FormatError(f"unknown kind {kind!r}")
     kind = cast(Kind, kind)
     step = doc.get("step")
-    if step is not None and (not _is_int(step) or step < 0):
+    if step is not None and (not is_int(step) or step < 0):
         raise FormatError("step is not a non-negative integer")
-    host = _get(doc, "host", str)
-    commit = _get(doc, "commit", str)
-    if not _COMMIT_ID.match(commit):
+    host = field_of(doc, "host", str)
+    commit = field_of(doc, "commit", str)
+    if not COMMIT_ID.match(commit):
         raise FormatError(f"commit id {commit[:80]!r} is malformed")
-    files = tuple(_decode_file(f) for f in _get(doc, "files", list))
+    files = tuple(_decode_file(f) for f in field_of(doc, "files", list))
     _check_versions(files, version)
     group = _decode_group(doc["group"], host) if version >= GROUP_SINCE and "group" in doc else None
     if group is not None and group.role == "seal":
@@ -412,8 +412,8 @@ def _decode_document(doc: dict[str, Any], version: int) -> Manifest:
         name=name,
         kind=kind,
         step=step,
-        metrics=_decode_metrics(_get(doc, "metrics", dict)),
-        created=parse_time(_get(doc, "created", str)),
+        metrics=decode_metrics(field_of(doc, "metrics", dict)),
+        created=parse_time(field_of(doc, "created", str)),
         host=host,
         commit=commit,
         files=files,
@@ -427,8 +427,8 @@ def _decode_document(doc: dict[str, Any], version: int) -> Manifest:
 def _decode_group(doc: Any, host: str) -> Group:
     if not isinstance(doc, dict):
         raise FormatError("group is not an object")
-    gid, count, lead, role = _get(doc, "id", str), _get(doc, "hosts", int), _get(doc, "lead", str), _get(doc, "role", str)
-    if not _HEX32.match(gid):
+    gid, count, lead, role = field_of(doc, "id", str), field_of(doc, "hosts", int), field_of(doc, "lead", str), field_of(doc, "role", str)
+    if not HEX32.match(gid):
         raise FormatError("group id is not 32 lowercase hex digits")
     if not 2 <= count <= MAX_GROUP_HOSTS:
         raise FormatError(f"group hosts is not in 2..{MAX_GROUP_HOSTS}")
@@ -439,7 +439,7 @@ def _decode_group(doc: Any, host: str) -> Group:
     return Group(gid, count, lead, cast(Role, role))
 
 
-def _decode_metrics(doc: dict[Any, Any]) -> dict[str, float | None]:
+def decode_metrics(doc: dict[Any, Any]) -> dict[str, float | None]:
     metrics: dict[str, float | None] = {}
     for k, v in doc.items():
         if not isinstance(k, str) or not k or len(k) > 256:
@@ -474,10 +474,10 @@ def _decode_hosts(doc: dict[str, Any], host: str) -> tuple[str, ...]:
 def _decode_file(doc: Any) -> FileEntry:
     if not isinstance(doc, dict):
         raise FormatError("file entry is not an object")
-    path = check_relpath(_get(doc, "path", str))
-    size = _get(doc, "size", int)
-    mode = _get(doc, "mode", int)
-    digest = _get(doc, "hash", str)
+    path = check_relpath(field_of(doc, "path", str))
+    size = field_of(doc, "size", int)
+    mode = field_of(doc, "mode", int)
+    digest = field_of(doc, "hash", str)
     if size < 0:
         raise FormatError(f"{path}: negative size")
     if not 0 <= mode <= 0o7777:
@@ -485,13 +485,13 @@ def _decode_file(doc: Any) -> FileEntry:
     if not _HEX64.match(digest):
         raise FormatError(f"{path}: hash is not 64 lowercase hex digits")
     chunks = []
-    for c in _get(doc, "chunks", list):
+    for c in field_of(doc, "chunks", list):
         if not isinstance(c, dict):
             raise FormatError(f"{path}: chunk entry is not an object")
-        ref = ChunkRef(_get(c, "hash", str), _get(c, "size", int), _get(c, "stored", int), _get(c, "codec", str))
+        ref = ChunkRef(field_of(c, "hash", str), field_of(c, "size", int), field_of(c, "stored", int), field_of(c, "codec", str))
         if "offset" in c or "length" in c:
-            offset = _get(c, "offset", int) if "offset" in c else 0
-            length = _get(c, "length", int) if "length" in c else ref.size - offset
+            offset = field_of(c, "offset", int) if "offset" in c else 0
+            length = field_of(c, "length", int) if "length" in c else ref.size - offset
             if not (0 <= offset < ref.size and 0 < length <= ref.size - offset):
                 raise FormatError(f"{path}: chunk part out of the chunk's range")
             ref = ref.part(offset, length)
@@ -526,10 +526,10 @@ def _check_file_set(name: str, kind: str, files: tuple[FileEntry, ...]) -> None:
                 raise FormatError(f"path {f.path!r} lies under another file of the checkpoint")
 
 
-def _get(doc: Mapping[str, Any], key: str, typ: type) -> Any:
+def field_of(doc: Mapping[str, Any], key: str, typ: type) -> Any:
     value = doc.get(key)
     if typ is int:
-        ok = _is_int(value)
+        ok = is_int(value)
     else:
         ok = isinstance(value, typ)
     if not ok:
@@ -537,11 +537,11 @@ def _get(doc: Mapping[str, Any], key: str, typ: type) -> Any:
     return value
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
@@ -550,7 +550,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _reject_constant(name: str) -> Any:
+def reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
@@ -565,7 +565,7 @@ def _finite_float(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _json_number(v: float | None) -> float | None:
+def json_number(v: float | None) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 

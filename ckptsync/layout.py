@@ -17,24 +17,24 @@ from urllib.parse import unquote
 
 from .errors import FormatError
 from .format import (
-    _COMMIT_ID,
-    _HEX32,
     CATALOG_DIR,
+    COMMIT_ID,
     COORDINATOR_FILE,
+    HEX32,
     HINT_NAME,
     PARTS_DIR,
     Manifest,
-    _decode_metrics,
-    _get,
-    _is_int,
-    _json_number,
-    _reject_constant,
-    _unique_keys,
     check_name,
+    decode_metrics,
+    field_of,
     format_time,
-    parse_time,
+    is_int,
     join_key,
+    json_number,
+    parse_time,
     quote_name,
+    reject_constant,
+    unique_keys,
 )
 
 _HINT = re.compile(
@@ -68,7 +68,7 @@ def parse_part_key(key: str) -> tuple[str, str, str, str] | None:
     if len(parts) < 5 or parts[-5] != PARTS_DIR or not parts[-1].endswith(".json"):
         return None
     commit = parts[-1][: -len(".json")]
-    if not _COMMIT_ID.match(commit) or not _HEX32.match(parts[-3]):
+    if not COMMIT_ID.match(commit) or not HEX32.match(parts[-3]):
         return None
     try:
         name = check_name(unquote(parts[-4], errors="strict"))
@@ -119,7 +119,7 @@ def encode_hint(manifest: Manifest) -> bytes:
     """A catalog entry's body: the metrics (for ``--best``) and, for one host's checkpoint, its totals."""
     doc: dict[str, Any] = {
         "format": HINT_NAME,
-        "metrics": {k: _json_number(v) for k, v in sorted(manifest.metrics.items())},
+        "metrics": {k: json_number(v) for k, v in sorted(manifest.metrics.items())},
         "created": format_time(manifest.created),
         "host": manifest.host,
     }
@@ -137,14 +137,14 @@ MAX_HINT_BYTES = 1 << 20
 def decode_hint(data: bytes) -> dict[str, Any]:
     """The body of a catalog entry: ``metrics``, and when present ``files``, ``raw_bytes``, ``stored_bytes``, ``hosts``."""
     try:
-        doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        doc = json.loads(data.decode("utf-8"), parse_constant=reject_constant, object_pairs_hook=unique_keys)
     except (UnicodeDecodeError, ValueError, RecursionError, OverflowError) as exc:
         raise FormatError(f"catalog entry is not valid JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != HINT_NAME:
         raise FormatError("object is not a ckptsync catalog entry")
-    out: dict[str, Any] = {"metrics": _decode_metrics(_get(doc, "metrics", dict))}
+    out: dict[str, Any] = {"metrics": decode_metrics(field_of(doc, "metrics", dict))}
     for k in ("files", "raw_bytes", "stored_bytes", "hosts"):
-        if _is_int(doc.get(k)) and doc[k] >= 0:
+        if is_int(doc.get(k)) and doc[k] >= 0:
             out[k] = doc[k]
     if isinstance(doc.get("host"), str) and len(doc["host"]) <= 255:
         out["host"] = doc["host"]

@@ -1,4 +1,4 @@
-"""Restore the newest checkpoint of an s3:// ckptsync remote (format versions 1 to 4), without ckptsync.
+"""Restore the newest checkpoint of an s3:// ckptsync remote (format versions 1 to 5), without ckptsync.
 
     python examples/restore_by_hand.py s3://bucket/prefix /path/to/target [host]
 
@@ -9,16 +9,19 @@ checkpoint. Credentials, region and endpoint come from the usual boto3 configura
 S3-compatible server, set ``AWS_ENDPOINT_URL``).
 
 It applies the latest order (FORMAT 6), the version rules (5.8: it stops with an error that names the
-version on a remote that holds a manifest of version 5 or later, rather than restore an older
-checkpoint), the key checks (5.7), the grouping and completeness of multi-host checkpoints (7.3),
-the choice of this host's part (7.4: the host given as the third argument, else ``SM_CURRENT_HOST``,
-else the machine's host name; an error when that host has no part), the path rules that matter for
+version on a remote that holds a manifest of version 6 or later, rather than restore an older
+checkpoint), the key checks (5.7), the grouping and completeness of multi-host checkpoints (7.3,
+and the seals of version 5, 7.5), the choice of this host's part (7.4: the host given as the third
+argument, else ``SM_CURRENT_HOST``, else the machine's host name; an error when that host has no
+part) with, in version 5, the lead's files that are not one rank's, the path rules that matter for
 safety, the chunk checks of every codec (4.3 to 4.5), the ranges of chunk parts (5.5), the whole-file
 check, and staged placement (R3). Its staging folder is named as ckptsync names its own (2.4), so a
 ckptsync restore into the same target folder on another machine leaves it alone.
 
 It does not apply every rule of the reader checklist (5.9), does not fall back to an older checkpoint
-when the newest is damaged, does not restore every host's files of a multi-host checkpoint, and
+when the newest is damaged, does not restore every host's files of a multi-host checkpoint (nor read
+a torch.distributed.checkpoint ``.metadata`` for values another node saved), does not use the
+catalog (5.10), and
 fetches chunks one at a time. It ignores ``locks/`` and takes no shared lock (8.4), so a prune that
 runs at the same time can make it fail on a missing chunk; it never restores wrong data, and running
 it again after the prune succeeds. Unlike ckptsync, it replaces an existing ``<target>/<name>`` in
@@ -28,6 +31,7 @@ two renames, so for a moment neither the old nor the new checkpoint is at the fi
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import hashlib
 import json
 import os
@@ -37,13 +41,14 @@ import socket
 import struct
 import sys
 from datetime import datetime
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import boto3
 import numpy
 import zstandard
 
-READS = 4  # the newest format version this program reads
+READS = 5  # the newest format version this program reads
+RANK_FILES = ("*.distcp", "*zero_pp_rank_*", "rng_state_*.pth", "rng_state_*.pt")  # one rank's files (FORMAT 7.5)
 MAX_MANIFEST = 64 << 20
 CODEC_SINCE = {"raw": 1, "zstd": 1, "bg2": 3, "bg4": 3, "bg8": 3, "bgr2": 4, "bgr4": 4, "bgr8": 4}
 
@@ -75,6 +80,10 @@ def usable(m, version):
     ):
         return False
     m["hosts"] = hosts  # a version-1 manifest's hosts member is not read (FORMAT 7.1)
+    group = m.get("group") if version >= 5 else None
+    if group is not None and not (isinstance(group, dict) and group.get("role") in ("part", "seal") and isinstance(group.get("lead"), str)):
+        return False
+    m["group"] = group
     refs = [c for f in m["files"] for c in f["chunks"]]
     parts = any("offset" in c or "length" in c for c in refs)  # parts need version 4 (FORMAT 5.5)
     return all(CODEC_SINCE.get(c["codec"], READS + 1) <= version for c in refs) and (version >= 4 or not parts)
@@ -106,7 +115,9 @@ def manifests(s3, bucket, base):
 
 
 def choose(found, host):
-    """The newest committed checkpoint (FORMAT 6), as the manifest to restore on this host (FORMAT 7)."""
+    """The newest committed checkpoint (FORMAT 6), as the manifest to restore on this host (FORMAT 7).
+    A version-5 seal is returned as it is: :func:`assemble` reads its parts."""
+    found = [m for m in found if not (m["group"] and m["group"]["role"] == "part")]  # parts live under parts/
     candidates, parts = [(m, None) for m in found if not m["hosts"]], {}
     for m in (m for m in found if m["hosts"]):
         members = parts.setdefault((m["name"], frozenset(m["hosts"])), {})
@@ -178,6 +189,35 @@ def fetch_chunk(s3, bucket, base, ref):
     return raw
 
 
+def newest_part(s3, bucket, base, seal, host):
+    """A host's member of a sealed checkpoint: its part with the greatest commit id (FORMAT 7.5)."""
+    prefix = f"{base}parts/{quote(seal['name'], safe='')}/{seal['group']['id']}/{quote(host, safe='')}/"
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    keys = sorted((o["Key"] for page in pages for o in page.get("Contents", []) if o["Key"].endswith(".json")), reverse=True)
+    for key in keys:
+        m = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        group = m.get("group") or {}
+        ok = (m.get("name"), m.get("host"), f"{m.get('commit')}.json") == (seal["name"], host, key.rsplit("/", 1)[1])
+        if ok and group.get("id") == seal["group"]["id"] and group.get("role") == "part" and usable(m, m["version"]):
+            return m
+    raise RuntimeError(f"{seal['name']}: host {host!r} has no part in it")
+
+
+def assemble(s3, bucket, base, seal, host):
+    """This host's part plus the lead's files that are not one rank's (FORMAT 7.5)."""
+    own = newest_part(s3, bucket, base, seal, host)
+    if seal["group"]["lead"] != host:
+        mine = {f["path"] for f in own["files"]}
+        lead = newest_part(s3, bucket, base, seal, seal["group"]["lead"])
+        for f in lead["files"]:
+            base_name, parents = f["path"].rsplit("/", 1)[-1], f["path"].split("/")
+            in_the_way = any("/".join(parents[:i]) in mine for i in range(1, len(parents)))
+            if f["path"] not in mine and not in_the_way and not any(fnmatch.fnmatchcase(base_name, p) for p in RANK_FILES):
+                if not any(p.startswith(f["path"] + "/") for p in mine):
+                    own["files"].append(f)
+    return own
+
+
 def restore_latest(bucket, prefix, dest, s3=None, host=None):
     """Restore the newest checkpoint into dest/<name>; return that path, or None if none is committed."""
     s3 = s3 or boto3.client("s3")
@@ -186,6 +226,8 @@ def restore_latest(bucket, prefix, dest, s3=None, host=None):
     m = choose(list(manifests(s3, bucket, base)), host)
     if m is None:
         return None
+    if m["group"]:  # a version-5 seal: this host's part and the lead's shared files
+        m = assemble(s3, bucket, base, m, host)
     name, kind = m["name"], m["kind"]
     if not component_ok(name) or kind not in ("dir", "file") or m.get("hash_algorithm", "sha256") != "sha256":
         raise ValueError(f"unsupported manifest for {name!r}")

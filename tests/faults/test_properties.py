@@ -326,7 +326,7 @@ def write_case(w: World, c: Case) -> Path:
         commit = doc.get("commit") if isinstance(doc, dict) else None
     except (ValueError, RecursionError):
         commit = None
-    if not (isinstance(commit, str) and fmt._COMMIT_ID.match(commit)):
+    if not (isinstance(commit, str) and fmt.COMMIT_ID.match(commit)):
         commit = fmt.new_commit_id(datetime.now(timezone.utc), "evil")
     quoted = quote(c.key_name, safe="")
     if c.expect == "ignored":

@@ -231,7 +231,7 @@ def test_restores_this_hosts_part_of_the_newest_complete_checkpoint(remote: Remo
         folder = tmp_path / "src" / host / str(step)
         ck = folder / f"checkpoint-{step}"
         ck.mkdir(parents=True)
-        (ck / f"rank-{host}.bin").write_bytes(os.urandom(3000))
+        (ck / f"rng_state_{host[-1]}.pth").write_bytes(os.urandom(3000))  # one rank's file: never another host's
         (ck / "trainer_state.json").write_text(json.dumps({"global_step": step}))  # the same on both hosts
         ckptsync.push(folder, remote.url, remote.options(host=host, hosts=("algo-1", "algo-2"), workers=1))
         return ck
@@ -253,7 +253,8 @@ def test_restores_this_hosts_part_of_the_newest_complete_checkpoint(remote: Remo
     assert done.returncode == 0, done.stderr
     assert _files(tmp_path / "by-subprocess" / "checkpoint-10") == _files(parts["algo-2"])
     # ckptsync makes the same choice
-    result = recovery.restore(open_repository(remote.url, remote.options()), tmp_path / "ckptsync", Selector(), host="algo-2")
+    repo = open_repository(remote.url, remote.options())
+    result = recovery.restore(repo, tmp_path / "ckptsync", Selector(), host="algo-2", hosts=("algo-1", "algo-2"))
     assert result is not None and result.name == "checkpoint-10"
     assert _files(result.path) == _files(parts["algo-2"])
 

@@ -128,7 +128,7 @@ def test_example_manifest_key_and_tree_match_the_code() -> None:
 
 def test_stated_constants_match_the_code() -> None:
     text, design = docs.text(FORMAT), docs.flat(DESIGN)
-    assert f"^{fmt._COMMIT_ID.pattern.removesuffix(chr(92) + 'Z')}$" in text  # the commit id grammar
+    assert f"^{fmt.COMMIT_ID.pattern.removesuffix(chr(92) + 'Z')}$" in text  # the commit id grammar
     assert fmt.FORMAT_NAME == "ckptsync.manifest" and f'"{fmt.FORMAT_NAME}"' in text
     assert fmt.HASH_ALGORITHM == "sha256"
     assert fmt.MAX_CHUNK_SIZE == 67108864 and "67108864" in text
