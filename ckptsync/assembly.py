@@ -12,7 +12,9 @@
   checkpoint is told so, never given a part that is not its own.
 
 Reads the seal, this host's part and the lead's: three objects, whatever the
-number of hosts (``all_hosts`` reads every part).
+number of hosts, and lists the checkpoint's parts once (a page per 1,000 hosts),
+so that a missing part makes every host fall back alike (``all_hosts`` reads
+every part).
 """
 
 from __future__ import annotations
@@ -47,8 +49,14 @@ def for_node(repo: Repository, ck: catalog.Checkpoint, host: str, hosts: Sequenc
             f"checkpoint {ck.name} was saved by {group.hosts} hosts (lead {group.lead}); {job}, a different set",
             "restore with --all-hosts on every node (torch.distributed.checkpoint re-shards on load), or pass the saving job's --hosts",
         )
-    own = _latest_part(repo, seal, group, host)
-    lead = own if group.lead == host else _latest_part(repo, seal, group, group.lead)
+    # Every host sees the same listing: a missing part makes every host fall back alike.
+    by_host = repo.list_parts(seal.name, group.id)
+    if len(by_host) < group.hosts:
+        raise IntegrityError(
+            f"checkpoint {seal.name} is sealed but only {len(by_host)} of its {group.hosts} hosts' parts are on the remote"
+        )
+    own = _latest_part(repo, seal, group, host, by_host)
+    lead = own if group.lead == host else _latest_part(repo, seal, group, group.lead, by_host)
     files = {f.path: f for f in own.manifest.files}
     if lead is not own:
         files.update((f.path, f) for f in shards.shared_files(own.manifest.files, lead.manifest.files))
@@ -82,8 +90,10 @@ def _dcp_whole_entries(repo: Repository, lead: Sequence[fmt.FileEntry]) -> set[s
     return out
 
 
-def _latest_part(repo: Repository, seal: ManifestRecord, group: fmt.Group, host: str) -> ManifestRecord:
-    keys = repo.list_parts(seal.name, group.id, host).get(host, [])
+def _latest_part(
+    repo: Repository, seal: ManifestRecord, group: fmt.Group, host: str, by_host: dict[str, list[ManifestKey]]
+) -> ManifestRecord:
+    keys = by_host.get(host, [])
     for key in sorted(keys, key=lambda k: k.commit, reverse=True):
         parts = repo.load_parts([key])
         if parts and _belongs(parts[0], seal, group):

@@ -86,6 +86,20 @@ def _candidates(repo: Repository, sel: Selector) -> list[catalog.Checkpoint]:
     return order
 
 
+class DamagedHere(IntegrityError):
+    """A multi-host checkpoint damaged in this host's files only: the other hosts may restore it, so
+    falling back alone would resume the job from two different steps."""
+
+
+def _damaged_on_this_host(name: str, exc: IntegrityError) -> IntegrityError:
+    return DamagedHere(
+        f"checkpoint {name} is damaged in this host's files ({exc.message}); not falling back alone",
+        f"other hosts may restore {name}: run 'ckptsync verify --name {name}', then restore --name of an intact checkpoint on every host",
+        chunk=exc.chunk,
+        path=exc.path,
+    )
+
+
 def _first_intact(
     repo: Repository,
     order: list[catalog.Checkpoint],
@@ -101,10 +115,15 @@ def _first_intact(
     for ck in order:
         try:
             rec = for_node(repo, ck, node[0], node[1], all_hosts=all_hosts)
-            result = restore_checkpoint(
-                repo, rec, target_dir, workers=workers, progress=progress_factory(rec) if progress_factory else None
-            )
-        except NewerFormatError:
+            try:
+                result = restore_checkpoint(
+                    repo, rec, target_dir, workers=workers, progress=progress_factory(rec) if progress_factory else None
+                )
+            except IntegrityError as exc:
+                if ck.sealed and not all_hosts:
+                    raise _damaged_on_this_host(ck.name, exc) from None
+                raise
+        except (NewerFormatError, DamagedHere):
             raise
         except FormatError as exc:
             log.warning("skipping %s: %s", ck.name, exc.message)

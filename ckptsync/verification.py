@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import IntegrityError, NothingToRestore
-from .format import ChunkRef
+from .format import ChunkRef, Manifest
 from .repository import ManifestRecord, Repository
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,12 @@ def verify(
     records = repo.load_manifests(names=[name] if name is not None else None)
     if name is not None and not records:
         raise NothingToRestore(f"no committed checkpoint named {name!r} in {repo.url}", "run 'ckptsync list' to see what is committed")
+    members = {rec.key: _members(repo, rec) for rec in records if not rec.manifest.is_part}
     stored = repo.list_chunk_objects()
     bad: dict[str, str] = {}
     wanted: dict[str, ChunkRef] = {}
-    for rec in records:
-        for digest, ref in rec.manifest.chunk_refs().items():
+    for _, manifest in (m for ms in members.values() for m in ms[0]):
+        for digest, ref in manifest.chunk_refs().items():
             have = stored.get((digest, ref.codec))
             if have is None:
                 bad[digest] = f"chunk {digest} is missing"
@@ -68,14 +69,31 @@ def verify(
                     bad[digest] = problem
     reports = []
     for rec in records:
-        report = CheckpointReport(rec)
-        for f in rec.manifest.files:
-            for ref in f.chunks:
-                problem = f"{f.path}: {bad[ref.hash]}" if ref.hash in bad else None
-                if problem and problem not in report.problems:
-                    report.problems.append(problem)
+        if rec.key not in members:
+            continue
+        parts, missing = members[rec.key]
+        report = CheckpointReport(rec, list(missing))
+        for label, manifest in parts:
+            for f in manifest.files:
+                for ref in f.chunks:
+                    problem = f"{label}{f.path}: {bad[ref.hash]}" if ref.hash in bad else None
+                    if problem and problem not in report.problems:
+                        report.problems.append(problem)
         reports.append(report)
     return reports
+
+
+def _members(repo: Repository, rec: ManifestRecord) -> tuple[list[tuple[str, Manifest]], list[str]]:
+    """What a checkpoint's files are listed in, with a label for problems, and its missing parts:
+    the manifest itself, or for a seal every host's newest part (one listing and one read per host)."""
+    group = rec.manifest.group
+    if group is None:
+        return [("", rec.manifest)], []
+    by_host = repo.list_parts(rec.name, group.id)
+    parts = repo.load_parts([max(keys, key=lambda k: k.commit) for keys in by_host.values()])
+    found = [(f"{p.manifest.host}: ", p.manifest) for p in sorted(parts, key=lambda p: p.manifest.host)]
+    missing = [] if len(parts) >= group.hosts else [f"only {len(parts)} of its {group.hosts} hosts' parts are readable"]
+    return found, missing
 
 
 __all__ = ["verify", "CheckpointReport"]

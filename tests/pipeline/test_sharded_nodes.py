@@ -8,6 +8,7 @@ hand, file by file in the order their save functions write them
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ import pytest
 
 import ckptsync
 from ckptsync.daemon import Daemon
-from ckptsync.errors import UsageError
+from ckptsync.errors import IntegrityError, UsageError
 from ckptsync.options import Options, WatchOptions
 from ckptsync.repository import Repository
 from ckptsync.store import LocalStore
@@ -214,3 +215,27 @@ def test_a_checkpoint_sealed_by_the_last_host_to_push(tmp_path):
     for host in HOSTS:  # the lead first: it finds node1's part missing, and node1 seals
         ckptsync.push(fleet.folders[host], fleet.remote, fleet.options(host))
         assert fleet.sealed() == ([] if host == "node0" else ["step_7"])
+
+
+def test_verify_checks_every_part_of_a_sealed_checkpoint_and_restore_falls_back_past_a_damaged_one(tmp_path):
+    fleet = Fleet(tmp_path)
+    for name in ("step_1", "step_2"):
+        dcp_save(fleet.folders, name)
+        for host in HOSTS:
+            ckptsync.push(fleet.folders[host], fleet.remote, fleet.options(host))
+    assert all(r.ok for r in ckptsync.verify(fleet.remote))
+    [node1_part] = (fleet.root / "parts" / "step_2").rglob("node1/*.json")
+    shard = next(f for f in json.loads(node1_part.read_bytes())["files"] if f["path"] == "__1_0.distcp")
+    for chunk in shard["chunks"]:
+        for obj in (fleet.root / "chunks").rglob(f"{chunk['hash']}.*"):
+            obj.unlink()
+    reports = {r.record.name: r for r in ckptsync.verify(fleet.remote)}
+    assert reports["step_1"].ok and not reports["step_2"].ok
+    assert reports["step_2"].problems[0].startswith("node1: __1_0.distcp: chunk ")
+    # node1 alone sees its files damaged: falling back alone would resume the nodes from two steps
+    with pytest.raises(IntegrityError, match="damaged in this host's files .*not falling back alone"):
+        fleet.restore("node1")
+    node1_part.unlink()
+    assert ckptsync.verify(fleet.remote, "step_2")[0].problems == ["only 1 of its 2 hosts' parts are readable"]
+    # A missing part is seen by every node alike: all fall back to the same intact checkpoint.
+    assert fleet.restore("node0").name == fleet.restore("node1").name == "step_1"
