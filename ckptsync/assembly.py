@@ -12,9 +12,7 @@
   checkpoint is told so, never given a part that is not its own.
 
 Reads the seal, this host's part and the lead's: three objects, whatever the
-number of hosts, and lists the checkpoint's parts once (a page per 1,000 hosts),
-so that a missing part makes every host fall back alike (``all_hosts`` reads
-every part).
+number of hosts (``all_hosts`` reads every part).
 """
 
 from __future__ import annotations
@@ -49,14 +47,14 @@ def for_node(repo: Repository, ck: catalog.Checkpoint, host: str, hosts: Sequenc
             f"checkpoint {ck.name} was saved by {group.hosts} hosts (lead {group.lead}); {job}, a different set",
             "restore with --all-hosts on every node (torch.distributed.checkpoint re-shards on load), or pass the saving job's --hosts",
         )
-    # Every host sees the same listing: a missing part makes every host fall back alike.
-    by_host = repo.list_parts(seal.name, group.id)
-    if len(by_host) < group.hosts:
-        raise IntegrityError(
-            f"checkpoint {seal.name} is sealed but only {len(by_host)} of its {group.hosts} hosts' parts are on the remote"
-        )
-    own = _latest_part(repo, seal, group, host, by_host)
-    lead = own if group.lead == host else _latest_part(repo, seal, group, group.lead, by_host)
+    # The seal proves every part was committed. The lead's part missing is seen by every host alike
+    # (all fall back together); this host's alone is not, and stops the restore (DamagedHere).
+    by_host = {h: repo.list_parts(seal.name, group.id, h).get(h, []) for h in dict.fromkeys((group.lead, host))}
+    lead = _latest_part(repo, seal, group, group.lead, by_host)
+    try:
+        own = lead if group.lead == host else _latest_part(repo, seal, group, host, by_host)
+    except IntegrityError as exc:
+        raise DamagedHere(exc.message) from None
     files = {f.path: f for f in own.manifest.files}
     if lead is not own:
         files.update((f.path, f) for f in shards.shared_files(own.manifest.files, lead.manifest.files))
@@ -69,6 +67,11 @@ def for_node(repo: Repository, ck: catalog.Checkpoint, host: str, hosts: Sequenc
         return _union(repo, seal, group)
     files.update((p, by_path[p]) for p in needed - files.keys())
     return _assembled(seal, own, tuple(files[p] for p in sorted(files)))
+
+
+class DamagedHere(IntegrityError):
+    """A multi-host checkpoint damaged in this host's files only: the other hosts may restore it, so
+    falling back alone would resume the job from two different steps."""
 
 
 def _dcp_whole_entries(repo: Repository, lead: Sequence[fmt.FileEntry]) -> set[str] | None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import catalog, locks, policy
-from .assembly import for_node
+from .assembly import DamagedHere, for_node
 from .download import Progress, RestoreResult, restore_checkpoint
 from .errors import FormatError, IntegrityError, NewerFormatError, NothingToRestore, StoreError
 from .options import this_host
@@ -86,18 +86,33 @@ def _candidates(repo: Repository, sel: Selector) -> list[catalog.Checkpoint]:
     return order
 
 
-class DamagedHere(IntegrityError):
-    """A multi-host checkpoint damaged in this host's files only: the other hosts may restore it, so
-    falling back alone would resume the job from two different steps."""
-
-
-def _damaged_on_this_host(name: str, exc: IntegrityError) -> IntegrityError:
-    return DamagedHere(
+def _alone(name: str, exc: IntegrityError) -> IntegrityError:
+    """The error of a multi-host checkpoint damaged in this host's files: the other hosts may restore
+    it, so falling back alone would resume the job from two different steps."""
+    return IntegrityError(
         f"checkpoint {name} is damaged in this host's files ({exc.message}); not falling back alone",
         f"other hosts may restore {name}: run 'ckptsync verify --name {name}', then restore --name of an intact checkpoint on every host",
         chunk=exc.chunk,
         path=exc.path,
     )
+
+
+def _restore_one(
+    repo: Repository,
+    ck: catalog.Checkpoint,
+    target_dir: Path,
+    workers: int,
+    progress_factory: Callable[[ManifestRecord], Progress | None] | None,
+    node: tuple[str, tuple[str, ...]],
+    all_hosts: bool,
+) -> RestoreResult:
+    rec = for_node(repo, ck, node[0], node[1], all_hosts=all_hosts)
+    try:
+        return restore_checkpoint(repo, rec, target_dir, workers=workers, progress=progress_factory(rec) if progress_factory else None)
+    except IntegrityError as exc:
+        if ck.sealed and not all_hosts:  # this host's files: the other hosts may not see it
+            raise DamagedHere(exc.message, chunk=exc.chunk, path=exc.path) from None
+        raise
 
 
 def _first_intact(
@@ -114,17 +129,11 @@ def _first_intact(
     last_error: IntegrityError | None = None
     for ck in order:
         try:
-            rec = for_node(repo, ck, node[0], node[1], all_hosts=all_hosts)
-            try:
-                result = restore_checkpoint(
-                    repo, rec, target_dir, workers=workers, progress=progress_factory(rec) if progress_factory else None
-                )
-            except IntegrityError as exc:
-                if ck.sealed and not all_hosts:
-                    raise _damaged_on_this_host(ck.name, exc) from None
-                raise
-        except (NewerFormatError, DamagedHere):
+            result = _restore_one(repo, ck, target_dir, workers, progress_factory, node, all_hosts)
+        except NewerFormatError:
             raise
+        except DamagedHere as exc:
+            raise _alone(ck.name, exc) from None
         except FormatError as exc:
             log.warning("skipping %s: %s", ck.name, exc.message)
             skipped.append(ck.name)

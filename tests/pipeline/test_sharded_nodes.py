@@ -8,19 +8,24 @@ hand, file by file in the order their save functions write them
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import ckptsync
+from ckptsync import format as fmt
 from ckptsync.daemon import Daemon
 from ckptsync.errors import IntegrityError, UsageError
 from ckptsync.options import Options, WatchOptions
 from ckptsync.repository import Repository
+from ckptsync.session import RemoteSession
 from ckptsync.store import LocalStore
 from tests.helpers import dcp_metadata, tree, wait_until
 
@@ -237,5 +242,59 @@ def test_verify_checks_every_part_of_a_sealed_checkpoint_and_restore_falls_back_
         fleet.restore("node1")
     node1_part.unlink()
     assert ckptsync.verify(fleet.remote, "step_2")[0].problems == ["only 1 of its 2 hosts' parts are readable"]
-    # A missing part is seen by every node alike: all fall back to the same intact checkpoint.
+    with pytest.raises(IntegrityError, match="not falling back alone"):
+        fleet.restore("node1")
+    # The lead's part missing is seen by every node alike: all fall back to the same intact checkpoint.
+    [lead_part] = (fleet.root / "parts" / "step_2").rglob("node0/*.json")
+    lead_part.unlink()
     assert fleet.restore("node0").name == fleet.restore("node1").name == "step_1"
+
+
+class CountingStore:
+    """Counts the objects read outside chunks/ (GETs) through the API's ``wrap`` hook."""
+
+    def __init__(self, inner: Any, reads: list[str]) -> None:
+        self.inner, self.reads = inner, reads
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def get(self, key: str, *, max_size: int | None = None) -> bytes:
+        if not key.startswith("chunks/"):
+            self.reads.append(key)
+        return self.inner.get(key, max_size=max_size)
+
+
+def job_of(root: Path, hosts: list[str], steps: int) -> None:
+    """The remote a job of ``hosts`` leaves after ``steps`` checkpoints: every host's part, each sealed."""
+    repo = Repository(LocalStore(root))
+    data = b"shard"
+    digest = hashlib.sha256(data).hexdigest()
+    repo.put_chunk(digest, "raw", data)
+    group = fmt.Group(fmt.group_id(hosts), len(hosts), hosts[0])
+    session = RemoteSession(repo, host=hosts[0], hosts=hosts)
+    for step in range(1, steps + 1):
+        created = datetime(2026, 12, 1, tzinfo=timezone.utc) + timedelta(minutes=step)
+        for i, h in enumerate(hosts):
+            f = fmt.FileEntry(f"__{i}_0.distcp", len(data), 0o644, digest, (fmt.ChunkRef(digest, len(data), len(data), "raw"),))
+            part = fmt.Manifest(
+                f"step_{step}", "dir", step, {"loss": 1 / step}, created, h, fmt.new_commit_id(created, h), (f,), "t", group=group
+            )
+            repo.commit(part)
+        session.unsealed[f"step_{step}"] = part
+    assert len(session.seal_ready()) == steps
+
+
+@pytest.mark.parametrize("fleet_size", [8, 1000])
+def test_a_hosts_job_start_reads_the_same_few_objects_with_8_hosts_and_with_1000(tmp_path, fleet_size):
+    hosts = [f"algo-{i + 1}" for i in range(fleet_size)]
+    (tmp_path / "remote").mkdir()
+    job_of(tmp_path / "remote", hosts, steps=3)
+    reads: list[str] = []
+    options = Options(host=hosts[-1], hosts=tuple(hosts), workers=2)
+    result = ckptsync.restore(f"file://{tmp_path / 'remote'}", tmp_path / "out", options=options, wrap=lambda s: CountingStore(s, reads))
+    assert result is not None and result.name == "step_3"
+    assert sorted(tree(result.path)) == [f"__{fleet_size - 1}_0.distcp"]
+    # the seal, this host's part and the lead's (plus the generation object a lock reads, if any)
+    assert len([k for k in reads if not k.startswith("locks/")]) == 3, reads
+    assert len(reads) <= 10, reads
