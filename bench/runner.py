@@ -776,7 +776,8 @@ def write_doc(path: Path, res: dict) -> None:
         "",
         "ckptsync against the tools people already use to copy checkpoints to S3: `aws s3 sync`, `rclone copy` and a",
         "boto3 `upload_file` loop, all talking to the same local S3-compatible server (`rclone serve s3` on 127.0.0.1).",
-        "This file is written by the harness (`bench/run.sh`) from its latest run; edit the harness, not this file.",
+        "This file is written by the harness (`bench/run.sh`) from its latest run, and its last sections by",
+        "`bench/scale.py` and `bench/bigcheckpoint.py`; edit the harnesses, not this file.",
         "",
     ]
     L += [
@@ -948,7 +949,10 @@ def write_doc(path: Path, res: dict) -> None:
     old = path.read_text() if path.exists() else ""
     if PROFILE_HEADING in old:
         L += [old[old.index(PROFILE_HEADING) :].rstrip("\n"), ""]
-    path.write_text("\n".join(L))
+    from docsection import kept  # sections written by bench/scale.py and bench/bigcheckpoint.py
+
+    extra = kept(path)
+    path.write_text("\n".join(L) + ("\n" + extra if extra else ""))
 
 
 PROFILE_HEADING = "## What limits ckptsync (profile)"

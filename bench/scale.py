@@ -254,11 +254,35 @@ def big_manifest(chunks: int = 25_600) -> list[str]:
     ]
 
 
+def write_doc(path: Path, args: argparse.Namespace, lines: list[str]) -> None:
+    """The tables as the section ``scale-v5`` (or ``scale-before-v5``, for an older ckptsync) of ``path``."""
+    import subprocess
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import docsection
+
+    src = Path(ckptsync.__file__).resolve().parent
+    commit = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    title = "Many hosts: what a host reads at job start and in steady state" + ("" if V5 else ", before format 5")
+    head = [
+        f"## {title}",
+        "",
+        f"`python bench/scale.py --hosts {args.hosts} --checkpoints {args.checkpoints}` against `rclone serve s3` on 127.0.0.1, "
+        f"ckptsync at commit {commit or '?'}{'' if V5 else ' (PYTHONPATH=an older checkout)'}; {platform.machine()}, "
+        f"{os.cpu_count()} cores. Each host's part is a shard and a config file; the host measured is the last one (not the "
+        "lead), and the daemon's commit is followed by retention with `--keep-last 5`. Request counts do not depend on the "
+        "machine; the job-start estimate divides the fleet's requests by S3's published 5,500 GET/s per prefix partition.",
+        "",
+    ]
+    docsection.replace(path, "scale-v5" if V5 else "scale-before-v5", "\n".join(head + [ln.replace("### ", "#### ") for ln in lines]))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hosts", default="8,1000", help="fleet sizes, comma-separated")
     ap.add_argument("--checkpoints", type=int, default=10)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--doc", type=Path, help="also write the tables as a section of this file (docs/BENCHMARKS.md)")
     args = ap.parse_args()
     results: dict[str, Any] = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "v5": V5}
     with tempfile.TemporaryDirectory(prefix="ckptsync-scale-") as tmp:
@@ -277,7 +301,10 @@ def main() -> int:
                 counts = measure(remote, hosts, base, "job", Path(tmp) / f"work-{fleet}")
                 lines += report(fleet, args.checkpoints, counts)
                 results[str(fleet)] = {op: {f"{v} {f}": n for (v, f), n in c.requests.items()} for op, c in counts.items()}
-            print("\n".join(lines + big_manifest()))
+            lines += big_manifest() if V5 else []
+            print("\n".join(lines))
+            if args.doc:
+                write_doc(args.doc, args, lines)
         finally:
             stop()
     if args.json:
