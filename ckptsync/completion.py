@@ -27,9 +27,13 @@ TEMPORARY_PATTERNS = (
 SIDECAR_SUFFIX = ".ckptsync.json"
 
 
+#: DeepSpeed's pointers to its newest tag (``engine.save_checkpoint(dir)`` writes ``dir/latest``): not checkpoints.
+POINTER_NAMES = frozenset({"latest", "latest_universal"})
+
+
 def is_checkpoint_name(name: str) -> bool:
     """True if a top-level entry with this name may be a checkpoint."""
-    return not is_temporary_name(name) and not name.endswith(SIDECAR_SUFFIX)
+    return not is_temporary_name(name) and not name.endswith(SIDECAR_SUFFIX) and name not in POINTER_NAMES
 
 
 def is_temporary_name(name: str) -> bool:

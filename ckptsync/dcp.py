@@ -44,12 +44,18 @@ class _Record:
 
 
 class _Unpickler(pickle.Unpickler):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data))
+        self._records: dict[tuple[str, str], type] = {}
+
     def find_class(self, module: str, name: str) -> Any:
         if module == "collections" and name == "OrderedDict":
             return dict
         if module.split(".")[0] not in _ALLOWED_MODULES:
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in .metadata")
-        return type(name, (_Record,), {})
+        if (module, name) not in self._records:
+            self._records[(module, name)] = type(name[:100], (_Record,), {})
+        return self._records[(module, name)]
 
 
 class MetadataError(ValueError):
@@ -61,7 +67,7 @@ def shared_files(data: bytes) -> set[str]:
     if len(data) > MAX_METADATA_BYTES:
         raise MetadataError(f".metadata is larger than {MAX_METADATA_BYTES} bytes")
     try:
-        meta = _Unpickler(io.BytesIO(data)).load()
+        meta = _Unpickler(data).load()
         entries: dict[str, Any] = dict(meta.state_dict_metadata)
         storage: dict[Any, Any] = dict(meta.storage_data)
     except (pickle.UnpicklingError, AttributeError, TypeError, ValueError, EOFError, IndexError, KeyError, RecursionError) as exc:

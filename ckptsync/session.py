@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 #: Multipart uploads and temp files older than this are leftovers of killed writers.
 STALE_WRITES = timedelta(hours=24)
 
+#: Unsealed checkpoints the lead keeps looking at (the oldest are forgotten beyond this).
+MAX_UNSEALED = 32
+
 #: What became of one checkpoint: committed; unchanged (an equal commit exists); changed (modified
 #: during upload, not committed); vanished (deleted); cancelled (stopped before it finished).
 UploadStatus = Literal["committed", "unchanged", "changed", "vanished", "cancelled"]
@@ -242,6 +245,8 @@ class RemoteSession:
             lock.release()
         if result.status == "committed" and self.group is not None and result.manifest is not None:
             self.unsealed[ckpt.name] = result.manifest
+            while len(self.unsealed) > MAX_UNSEALED:  # parts whose other hosts never came: stop looking
+                self.unsealed.pop(next(iter(self.unsealed)))
         if self.is_lead and result.status in ("committed", "unchanged"):
             self.seal_ready()
         return result

@@ -21,3 +21,8 @@ def test_checkpoint_names(name):
 
 def test_sidecar_marker_is_not_a_checkpoint():
     assert not is_checkpoint_name("last.ckpt.ckptsync.json")
+
+
+@pytest.mark.parametrize("name", ["latest", "latest_universal"])
+def test_deepspeed_tag_pointers_are_not_checkpoints(name):
+    assert not is_checkpoint_name(name) and is_checkpoint_name(f"{name}.pt")
