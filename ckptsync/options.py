@@ -166,9 +166,9 @@ def parse_bool(value: Any) -> bool:
 
 
 def parse_hosts(value: Any) -> tuple[str, ...]:
-    """Host names from ``a,b,c`` or a list, sorted and without repeats."""
+    """Host names from ``a,b,c`` or a list, in the order given (the first is the lead), without repeats."""
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    return tuple(sorted({str(h).strip() for h in items if str(h).strip()}))
+    return tuple(dict.fromkeys(str(h).strip() for h in items if str(h).strip()))
 
 
 def integer(low: int | None = None, high: int | None = None) -> Callable[[Any], int]:
@@ -297,7 +297,13 @@ SETTINGS: dict[str, Setting] = _settings(
     Setting(
         "host", text, lambda: socket.gethostname() or "host", "This host's name in manifests (default: SM_CURRENT_HOST or the hostname)."
     ),
-    Setting("hosts", parse_hosts, (), "Every host of a multi-host job (default: SM_HOSTS); each commits its own part.", "H1,H2,..."),
+    Setting(
+        "hosts",
+        parse_hosts,
+        (),
+        "Every host of a multi-host job (default: SM_HOSTS); each commits its own part. The first, the lead, must run rank 0.",
+        "H1,H2,...",
+    ),
     # -- choosing checkpoints
     Setting("metric", text, help="A metric recorded with the checkpoints, e.g. eval_loss."),
     Setting("mode", choice("min", "max"), help="Whether lower or higher --metric is better.", choices=("min", "max")),

@@ -28,14 +28,14 @@ def current_host(env: Env = os.environ) -> str | None:
 
 
 def hosts(env: Env = os.environ) -> tuple[str, ...]:
-    """``SM_HOSTS``, sorted; empty when unset or not a JSON list of names."""
+    """``SM_HOSTS`` in its order (``algo-1`` first), without repeats; empty when unset or not a JSON list of names."""
     try:
         doc = json.loads(env.get("SM_HOSTS", ""))
     except ValueError:
         return ()
     if not isinstance(doc, list) or not all(isinstance(h, str) and h for h in doc):
         return ()
-    return tuple(sorted(set(doc)))
+    return tuple(dict.fromkeys(doc))
 
 
 def num_cpus(env: Env = os.environ) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -88,3 +89,11 @@ def test_single_host_manifests_are_written_without_hosts(tmp_path, remote):
     [ck] = ckptsync.list_checkpoints(remote)
     parts = any(c.is_part for f in ck.manifest.files for c in f.chunks)  # small files packed: version 4
     assert ck.hosts == () and not ck.manifest.hosts and ck.manifest.version == (4 if parts else 1)
+
+
+def test_the_first_host_given_leads_whatever_its_name(tmp_path, remote):
+    """The lead holds the coordinator's files (rank 0's node): the order of --hosts says which it is, not sorting."""
+    host_folder(tmp_path, "zeta", 1)
+    ckptsync.push(tmp_path / "zeta", remote, Options(host="zeta", hosts=("zeta", "alpha"), workers=1))
+    [part] = (tmp_path / "remote" / "parts").rglob("*.json")
+    assert json.loads(part.read_bytes())["group"]["lead"] == "zeta"

@@ -35,7 +35,7 @@ def test_each_layer_wins_over_the_ones_below(config: Path) -> None:
     assert (r["region"], r.sources["region"]) == ("us-west-2", "flag")
     assert (r["settle"], r.sources["settle"]) == (12.0, "env CKPTSYNC_SETTLE")
     assert (r["workers"], r.sources["workers"]) == (3, f"config file {config}")  # above SageMaker's SM_NUM_CPUS
-    assert (r["hosts"], r.sources["hosts"]) == (("a", "b"), f"config file {config}")
+    assert (r["hosts"], r.sources["hosts"]) == (("b", "a"), f"config file {config}")  # as given: the first leads
     assert (r["keep_last"], r.sources["keep_last"]) == (4, f"config file {config}")  # the [watch] table
     assert (r["host"], r.sources["host"]) == ("algo-2", "SageMaker SM_CURRENT_HOST")
     assert (r["log_level"], r.sources["log_level"]) == ("warning", "SageMaker SM_LOG_LEVEL")
@@ -44,10 +44,11 @@ def test_each_layer_wins_over_the_ones_below(config: Path) -> None:
 
 
 def test_sagemaker_gives_workers_hosts_and_the_model_folder(tmp_path: Path) -> None:
-    env = {"SM_NUM_CPUS": "8", "SM_HOSTS": '["algo-2", "algo-1"]', "SM_MODEL_DIR": "/opt/ml/model"}
+    env = {"SM_NUM_CPUS": "8", "SM_HOSTS": '["algo-1", "algo-2", "algo-1"]', "SM_MODEL_DIR": "/opt/ml/model"}
     r = resolve((*REMOTE, "to"), env=env)
     assert (r["workers"], r["hosts"], r["to"]) == (workers_for(8), ("algo-1", "algo-2"), Path("/opt/ml/model"))
-    assert r.options().hosts == ("algo-1", "algo-2")
+    assert r.options().hosts == ("algo-1", "algo-2")  # SM_HOSTS's order (algo-1, rank 0's host, leads), no repeats
+    assert resolve(REMOTE, env={"SM_HOSTS": '["algo-2", "algo-1"]'})["hosts"] == ("algo-2", "algo-1")
     malformed = resolve(REMOTE, env={"SM_NUM_CPUS": "many", "SM_HOSTS": "algo-1"})
     assert malformed.sources["workers"] == "default" and malformed["hosts"] == ()
 
