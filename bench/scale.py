@@ -12,8 +12,8 @@ measures, as one host (the last one, not the lead) sees it:
 - one daemon commit of a new checkpoint plus retention (``--keep-last 5``) on this host,
   and on the lead (which applies retention in a multi-host job),
 
-counting every request ckptsync makes by key family (GET, HEAD, PUT, DELETE, LIST pages of
-up to 1,000 keys) and the bytes it reads outside ``chunks/``. It prints them per host and
+counting every request ckptsync makes by key family (GET, HEAD, PUT, DELETE requests, each
+of up to 1,000 keys, LIST pages of up to 1,000 keys) and the bytes it reads outside ``chunks/``. It prints them per host and
 estimates the fleet's job start: H hosts restoring at once, at S3's published rates of 5,500
 GET/s and 3,500 PUT/s per prefix partition, with the requests grouped by the prefix they fall
 under (the first two key components: ``manifests/<name>``, ``parts/<name>``, ``catalog/<name>``).
@@ -117,6 +117,11 @@ class Counting:
     def delete(self, key: str) -> None:
         self.count.add("DELETE", self._k(key))
         self.inner.delete(key)
+
+    def delete_many(self, keys: list[str]) -> None:
+        if keys:  # one DeleteObjects request per 1,000 keys
+            self.count.add("DELETE", self._k(keys[0]), n=math.ceil(len(keys) / PAGE))
+            self.inner.delete_many(keys)
 
 
 def host_name(i: int) -> str:

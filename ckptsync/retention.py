@@ -17,6 +17,7 @@ from datetime import timedelta
 from . import catalog, layout, locks, policy
 from . import format as fmt
 from .repository import ManifestRecord, Repository
+from .store import delete_many
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,10 @@ def prune(
     for c in doomed:
         keys = _keys(repo, c)
         doomed_keys.update(keys)
-        for key in keys:
-            if not dry_run:
-                repo.store.delete(key)
-            if fmt.parse_manifest_key(key) or layout.parse_part_key(key):
-                report.manifests_deleted += 1
+        if not dry_run and keys:
+            repo.store.delete(keys[0])  # the commit point first: the checkpoint disappears whole
+            delete_many(repo.store, keys[1:])  # then its catalog entry and parts, a request per 1,000
+        report.manifests_deleted += sum(1 for k in keys if fmt.parse_manifest_key(k) or layout.parse_part_key(k))
     if collect:
         sealed = {(c.name, c.entry.group if c.entry else (c.group.id if c.group else None)) for c in complete}
         newest = newest_complete if newest_complete is not None else (0, -1, 0.0, "")

@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..errors import UsageError
-from .base import ObjectInfo, Store
+from .base import ObjectInfo, Store, delete_many
 from .local import LocalStore
 from .retrying import RetryingStore, RetryPolicy, is_transient
 from .s3 import S3Options, S3Store
@@ -18,6 +18,7 @@ from .throttled import ThrottledStore
 __all__ = [
     "ObjectInfo",
     "Store",
+    "delete_many",
     "LocalStore",
     "S3Store",
     "S3Options",

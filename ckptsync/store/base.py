@@ -13,13 +13,16 @@ never interprets them beyond mapping them to its own namespace. Contracts:
   with ``max_size``, an object larger than that raises
   :class:`~ckptsync.errors.ObjectTooLarge` without being read whole.
 - ``list`` returns every object whose key starts with ``prefix``, in any order.
-- ``delete`` is idempotent: deleting a missing key is not an error.
+- ``delete`` is idempotent: deleting a missing key is not an error. A store may
+  also offer ``delete_many(keys)`` (S3's DeleteObjects); :func:`delete_many`
+  uses it where it exists.
 - Every failure is a :class:`~ckptsync.errors.StoreError` whose ``transient``
   flag says whether the same call may succeed later.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
@@ -64,3 +67,13 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def delete_many(store: Store, keys: Sequence[str]) -> None:
+    """Delete ``keys`` (idempotently), in batches where the store can (``delete_many``), else one by one."""
+    batch = getattr(store, "delete_many", None)
+    if batch is not None:
+        batch(list(keys))
+        return
+    for key in keys:
+        store.delete(key)

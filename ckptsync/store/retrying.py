@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -20,7 +20,7 @@ from typing import TypeVar
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
 
 from ..errors import AlreadyExists, StoreError
-from .base import ObjectInfo, Store
+from .base import ObjectInfo, Store, delete_many
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,6 +105,10 @@ class RetryingStore:
 
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", lambda: self.inner.delete(key))
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        if keys:
+            self._call(f"delete {keys[0]} and {len(keys) - 1} more", lambda: delete_many(self.inner, keys))
 
     def cleanup(self, prefix: str, older_than: timedelta) -> int:
         return self._call(f"cleanup {prefix}", lambda: self.inner.cleanup(prefix, older_than))

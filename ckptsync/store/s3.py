@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -252,6 +253,27 @@ class S3Store:
             if not isinstance(err, NotFound):
                 raise err from None
 
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete ``keys`` with one DeleteObjects request per 1,000 (missing keys are no error); a server
+        that does not implement it gets one delete per key."""
+        for start in range(0, len(keys), 1000):
+            batch = keys[start : start + 1000]
+            try:
+                reply = self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}, **self._common()
+                )
+            except Exception as exc:
+                err = self._translate(exc, "delete", batch[0])
+                if err.code not in ("NotImplemented", "MethodNotAllowed", "InvalidRequest", "MissingContentMD5"):
+                    raise err from None
+                for key in batch:
+                    self.delete(key)
+                continue
+            failed = [e for e in reply.get("Errors", ()) if e.get("Code") != "NoSuchKey"]
+            if failed:
+                first = failed[0]
+                raise StoreError(f"delete {first.get('Key')}: {first.get('Code')}: {first.get('Message', '')}", transient=True)
+
     def cleanup(self, prefix: str, older_than: timedelta) -> int:
         """Abort multipart uploads under ``prefix`` started more than ``older_than`` ago.
 
@@ -266,7 +288,7 @@ class S3Store:
                 for up in page.get("Uploads", ()):
                     initiated = up.get("Initiated")
                     rest = up["Key"][len(prefix) :].lstrip("/")
-                    ours = rest.startswith(("chunks/", "manifests/", "locks/"))
+                    ours = rest.startswith(("chunks/", "manifests/", "locks/", "parts/", "catalog/"))
                     if ours and initiated is not None and initiated < limit:
                         self._client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"], **self._common())
                         aborted += 1

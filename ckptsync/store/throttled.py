@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
-from .base import ObjectInfo, Store
+from .base import ObjectInfo, Store, delete_many
 
 
 class TokenBucket:
@@ -65,6 +65,9 @@ class ThrottledStore:
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        delete_many(self.inner, keys)
 
     def cleanup(self, prefix: str, older_than: timedelta) -> int:
         return self.inner.cleanup(prefix, older_than)

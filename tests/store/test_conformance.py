@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ckptsync.errors import AlreadyExists, NotFound, ObjectTooLarge, StoreError
-from ckptsync.store import LocalStore, S3Options, S3Store
+from ckptsync.store import LocalStore, S3Options, S3Store, delete_many
 from tests.helpers import use_env
 
 
@@ -166,3 +166,12 @@ def test_local_store_refuses_keys_that_escape(tmp_path):
 def test_local_store_missing_root_is_a_clear_error(tmp_path):
     with pytest.raises(StoreError, match="does not exist"):
         LocalStore(Path(tmp_path / "nope")).list("chunks/")
+
+
+def test_delete_many_deletes_every_key_and_ignores_missing_ones(store):
+    keys = [f"many/{i:04d}" for i in range(1005)]  # more than one DeleteObjects request
+    for k in keys[:5] + keys[-3:]:
+        store.put(k, b"x")
+    delete_many(store, keys)
+    assert store.list("many/") == []
+    delete_many(store, keys[:2])  # again: nothing left, no error
