@@ -712,8 +712,9 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_multipart_cleanup_touches_only_ckptsync_key_families(aws_env: None) -> None:
-    assert "(`<prefix>/chunks/`, `<prefix>/manifests/`, `<prefix>/locks/`)" in docs.flat(DESIGN)
+    assert "(`<prefix>/chunks/`, `<prefix>/manifests/`, `<prefix>/locks/`, `<prefix>/parts/`, `<prefix>/catalog/`)" in docs.flat(DESIGN)
     ours = [f"{PREFIX}/chunks/ab/x.raw", f"{PREFIX}/manifests/n/y.json", f"{PREFIX}/locks/z.shared.json"]
+    ours += [f"{PREFIX}/parts/n/{'0' * 32}/h/y.json", f"{PREFIX}/catalog/n/1.single.y.json"]
     others = [f"{PREFIX}/other/w.bin", f"{PREFIX}/chunksmith.bin", "chunks/at-the-root.raw"]
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
