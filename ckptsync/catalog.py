@@ -54,10 +54,6 @@ class Checkpoint:
         return not self.hosts or all(h in self.members for h in self.hosts)
 
     @property
-    def read(self) -> bool:
-        return bool(self.members)
-
-    @property
     def group(self) -> Group | None:
         """The host set of a version-5 multi-host checkpoint (None until its seal is read, or single-host)."""
         return self.members[next(iter(self.members))].manifest.group if self.members else None

@@ -199,7 +199,7 @@ class RemoteSession:
             group=self.group.as_seal(),
         )
         self.repo.commit(seal)
-        del self.unsealed[name]
+        self.unsealed.pop(name, None)
         log.info("sealed %s: all %d hosts committed their parts", name, len(self.hosts))
         return True
 
@@ -244,9 +244,10 @@ class RemoteSession:
         finally:
             lock.release()
         if result.status == "committed" and self.group is not None and result.manifest is not None:
-            self.unsealed[ckpt.name] = result.manifest
-            while len(self.unsealed) > MAX_UNSEALED:  # parts whose other hosts never came: stop looking
-                self.unsealed.pop(next(iter(self.unsealed)))
+            with self._sealing:
+                self.unsealed[ckpt.name] = result.manifest
+                while len(self.unsealed) > MAX_UNSEALED:  # parts whose other hosts never came: stop looking
+                    self.unsealed.pop(next(iter(self.unsealed)))
         if self.is_lead and result.status in ("committed", "unchanged"):
             self.seal_ready()
         return result
