@@ -226,11 +226,14 @@ def report(fleet: int, checkpoints: int, counts: dict[str, Count]) -> list[str]:
     start = counts["restore --latest"]
     busiest, n = max(start.prefixes.items(), key=lambda kv: kv[1]) if start.prefixes else ("-", 0)
     gets = start.total(("GET", "HEAD", "LIST"))
+    puts = start.total(("PUT", "DELETE"))
     lines += [
         "",
         f"Job start, every host restoring --latest at once: {gets * fleet:,} GET-class requests outside chunks/ "
         f"(busiest prefix `{busiest}`: {n * fleet:,}, {n * fleet / GET_RATE:.1f} s at {GET_RATE:,.0f} GET/s); "
-        f"{sum(start.prefixes.values()) * fleet / GET_RATE:.1f} s if one prefix partition served them all.",
+        f"{sum(start.prefixes.values()) * fleet / GET_RATE:.1f} s if one prefix partition served them all. "
+        f"PUT-class: {puts * fleet:,} (each host's shared lock under `locks/`, written and deleted), "
+        f"{puts * fleet / PUT_RATE:.1f} s at {PUT_RATE:,.0f} PUT/s.",
         "",
     ]
     return lines
