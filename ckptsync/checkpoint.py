@@ -194,9 +194,18 @@ def read_score(path: Path, kind: Kind) -> metrics.Score:
 
 
 def _read_json(path: Path) -> object | None:
+    """A small JSON file (a marker, trainer_state.json), or None; never blocks on a FIFO put in its place."""
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(16 << 20)
         return json.loads(data)
     except (OSError, ValueError):
         return None
+    finally:
+        os.close(fd)

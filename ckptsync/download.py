@@ -233,17 +233,34 @@ def _fetch_all(
             raise
 
     # At most two chunks per worker between fetch and write: memory stays bounded.
-    futures: list[Future[None]] = []
+    # Finished fetches are dropped as the loop goes (their errors kept): memory does not grow with
+    # the number of chunks.
+    pending: list[Future[None]] = []
+    errors: list[BaseException] = []
     with BoundedExecutor(workers, 2 * max(1, workers), name="ckptsync-restore") as pool:
         for job in fetches:
             with pool.reserve(1) as hold:
                 if failed.is_set():
                     break
-                futures.append(pool.submit(fetch, job, hold=hold))
+                pending.append(pool.submit(fetch, job, hold=hold))
+            if len(pending) > 8 * max(1, workers):
+                pending = _unfinished(pending, errors)
+    _unfinished(pending, errors, wait=True)
+    if errors:
+        raise errors[0]
+
+
+def _unfinished(futures: list[Future[None]], errors: list[BaseException], *, wait: bool = False) -> list[Future[None]]:
+    """The futures still running (all of them finish first with ``wait``); finished ones' errors go to ``errors``."""
+    left = []
     for fut in futures:
+        if not (wait or fut.done()):
+            left.append(fut)
+            continue
         exc = fut.exception()
         if exc is not None:
-            raise exc
+            errors.append(exc)
+    return left
 
 
 def _verify_files(entries: tuple[fmt.FileEntry, ...], sinks: list[int], workers: int) -> None:
@@ -296,7 +313,11 @@ def probe_local(final: Path, m: fmt.Manifest) -> LocalView:
             continue
         if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size or st.st_nlink != 1:
             continue  # a hard-linked file may be someone else's: never reuse (or chmod) it
-        if _hash_file(path) == entry.hash:
+        try:
+            same = _hash_file(path) == entry.hash
+        except OSError:  # replaced meanwhile (a link, gone): not reusable
+            continue
+        if same:
             found[entry.path] = path
     return LocalView(found, exact=len(found) == len(m.files) and _exact(final, m))
 
@@ -324,8 +345,12 @@ def _mode(path: Path) -> int:
 
 
 def _hash_file(path: Path) -> str:
+    """The file's hash; empty if it is no longer a regular file (never blocks on a FIFO swapped in)."""
     h = _new_file_hasher()
-    with open(path, "rb", buffering=0) as f:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with open(fd, "rb", buffering=0) as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
         while block := f.read(_READ_BLOCK):
             h.update(block)
     return h.hexdigest()

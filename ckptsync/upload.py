@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -297,15 +298,16 @@ class Uploader:
 
     def _open(self, ckpt: LocalCheckpoint, f: LocalFile) -> int:
         """Open one of the checkpoint's files for reading, checking it is still the same file."""
-        try:
-            fd = os.open(f.abspath, os.O_RDONLY | os.O_CLOEXEC)
+        try:  # O_NONBLOCK: a FIFO swapped in for the file must not block the open
+            fd = os.open(f.abspath, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             if not ckpt.path.exists():
                 raise Vanished("it was deleted during upload") from None
             raise Changed(f"{f.relpath} was deleted during upload") from None
         except OSError as exc:
             raise LocalError(f"cannot read {f.abspath}: {exc.strerror}") from None
-        if os.fstat(fd).st_ino != f.signature[2]:
+        st = os.fstat(fd)
+        if st.st_ino != f.signature[2] or not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise Changed(f"{f.relpath} was replaced during upload")
         return fd
