@@ -52,11 +52,22 @@ def restore(
     try:
         order = _candidates(repo, sel)
         if not order:
+            _nothing_usable(repo, strict)
             return None
         return _first_intact(repo, order, target_dir, strict, workers, progress_factory, (me, tuple(hosts)), all_hosts)
     finally:
         if lock is not None:
             lock.release()
+
+
+def _nothing_usable(repo: Repository, strict: bool) -> None:
+    """No candidate: an empty remote, or one whose manifests are all unusable, which is not the same."""
+    if not repo.unusable:
+        return
+    message = f"no usable checkpoint in {repo.url}: {repo.unusable} manifest(s) are invalid or unreadable"
+    if strict:
+        raise IntegrityError(message, "run 'ckptsync verify' to see why; without --strict restore starts from scratch")
+    log.warning("%s; starting from scratch", message)
 
 
 def _shared_lock(repo: Repository, host: str) -> locks.Lock | None:

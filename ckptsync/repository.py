@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,6 +59,9 @@ class Repository:
         self.store = store
         self.prefix = prefix.strip("/")
         self.workers = max(1, workers)
+        #: Manifests skipped as invalid or unreadable so far: a remote that holds only those is not empty.
+        self.unusable = 0
+        self._count_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -150,6 +154,7 @@ class Repository:
     def _read_all(self, keys: list[ManifestKey], read: Callable[[ManifestKey], ManifestRecord]) -> list[ManifestRecord]:
         if not keys:
             return []
+        skipped: list[str] = []
 
         def one(k: ManifestKey) -> ManifestRecord | None:
             try:
@@ -160,10 +165,20 @@ class Repository:
                 log.warning("skipping invalid manifest: %s", exc.message)
             except NotFound:
                 log.debug("manifest %s vanished while listing (pruned)", k.key)
+                return None
+            except ObjectTooLarge:
+                log.warning("skipping invalid manifest: %s is larger than %d bytes", k.key, fmt.MAX_MANIFEST_BYTES)
+            except StoreError as exc:
+                if exc.transient:
+                    raise
+                log.warning("skipping unreadable manifest %s: %s", k.key, exc.message)
+            skipped.append(k.key)
             return None
 
         with ThreadPoolExecutor(max_workers=min(self.workers, len(keys)), thread_name_prefix="ckptsync-manifest") as pool:
             records = list(pool.map(one, keys))
+        with self._count_lock:
+            self.unusable += len(skipped)
         return [r for r in records if r is not None]
 
     def commit(self, manifest: fmt.Manifest) -> str:

@@ -40,33 +40,38 @@ def verify(
         raise NothingToRestore(f"no committed checkpoint named {name!r} in {repo.url}", "run 'ckptsync list' to see what is committed")
     members = {rec.key: _members(repo, rec) for rec in records if not rec.manifest.is_part}
     stored = repo.list_chunk_objects()
-    bad: dict[str, str] = {}
-    wanted: dict[str, ChunkRef] = {}
+    # Each reference is judged as its manifest states it (hash, codec, size, stored size): another
+    # manifest's valid reference to the same hash says nothing about this one.
+    bad: dict[RefKey, str] = {}
+    wanted: dict[RefKey, ChunkRef] = {}
     for _, manifest in (m for ms in members.values() for m in ms[0]):
-        for digest, ref in manifest.chunk_refs().items():
-            have = stored.get((digest, ref.codec))
+        for ref in (c.whole() for f in manifest.files for c in f.chunks):
+            key = _ref_key(ref)
+            if key in bad or key in wanted:
+                continue
+            have = stored.get((ref.hash, ref.codec))
             if have is None:
-                bad[digest] = f"chunk {digest} is missing"
+                bad[key] = f"chunk {ref.hash}.{ref.codec} is missing"
             elif have.stored != ref.stored:
-                bad[digest] = f"chunk {digest} is {have.stored} bytes, the manifest says {ref.stored}"
+                bad[key] = f"chunk {ref.hash}.{ref.codec} is {have.stored} bytes, the manifest says {ref.stored}"
             else:
-                wanted[digest] = ref
+                wanted[key] = ref
     if deep and wanted:
 
-        def check(ref: ChunkRef) -> tuple[str, str | None]:
+        def check(ref: ChunkRef) -> tuple[RefKey, str | None]:
             try:
                 repo.get_chunk(ref)
-                return ref.hash, None
+                return _ref_key(ref), None
             except IntegrityError as exc:
-                return ref.hash, exc.message
+                return _ref_key(ref), exc.message
             finally:
                 if progress:
                     progress(ref.size)
 
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ckptsync-verify") as pool:
-            for digest, problem in pool.map(check, wanted.values()):
+            for key, problem in pool.map(check, wanted.values()):
                 if problem:
-                    bad[digest] = problem
+                    bad[key] = problem
     reports = []
     for rec in records:
         if rec.key not in members:
@@ -76,11 +81,20 @@ def verify(
         for label, manifest in parts:
             for f in manifest.files:
                 for ref in f.chunks:
-                    problem = f"{label}{f.path}: {bad[ref.hash]}" if ref.hash in bad else None
+                    key = _ref_key(ref.whole())
+                    problem = f"{label}{f.path}: {bad[key]}" if key in bad else None
                     if problem and problem not in report.problems:
                         report.problems.append(problem)
         reports.append(report)
     return reports
+
+
+#: A chunk reference as a manifest states it: hash, codec, raw size, stored size.
+RefKey = tuple[str, str, int, int]
+
+
+def _ref_key(ref: ChunkRef) -> RefKey:
+    return (ref.hash, ref.codec, ref.size, ref.stored)
 
 
 def _members(repo: Repository, rec: ManifestRecord) -> tuple[list[tuple[str, Manifest]], list[str]]:

@@ -79,7 +79,7 @@ def command(s: Resolved, how: str) -> None:
         if s["require"]:
             fail(
                 f"nothing committed yet in {remote}",
-                "the remote is empty (or has no intact checkpoint); drop --require to start fresh",
+                "the remote is empty, or none of its manifests is usable (see the warning above); drop --require to start fresh",
                 EXIT_NOTHING,
             )
         log.info("nothing committed yet in %s; starting from scratch", remote)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 import ckptsync
 from ckptsync import format as fmt
+from ckptsync.api import open_repository
 from ckptsync.errors import IntegrityError, NothingToRestore, UsageError
 from ckptsync.repository import Repository
 from ckptsync.store import LocalStore
@@ -297,3 +299,79 @@ def test_metric_too_large_for_a_float_reads_as_missing(remote, ckdir, tmp_path):
     records = {r.name: r for r in ckptsync.list_checkpoints(remote)}
     assert records["checkpoint-2"].manifest.metrics["eval_loss"] is None
     assert ckptsync.restore(remote, tmp_path / "o", select="best", metric="eval_loss").name == "checkpoint-1"
+
+
+def test_a_junk_object_too_large_for_a_manifest_is_skipped_with_a_warning(tmp_path, caplog):
+    """One object over 64 MiB under manifests/ must not stop list, restore, verify and prune for everyone."""
+    src = tmp_path / "src"
+    (src / "checkpoint-1").mkdir(parents=True)
+    (src / "checkpoint-1" / "w.bin").write_bytes(os.urandom(1000))
+    root = tmp_path / "remote"
+    root.mkdir()
+    remote = f"file://{root}"
+    ckptsync.push(src, remote)
+    junk = root / "manifests" / "checkpoint-9" / "20990101T000000000000Z-evil-0123456789abcdef.json"
+    junk.parent.mkdir()
+    with open(junk, "wb") as f:
+        f.truncate((64 << 20) + 1)
+    assert [c.name for c in ckptsync.list_checkpoints(remote)] == ["checkpoint-1"]
+    assert ckptsync.restore(remote, tmp_path / "out").name == "checkpoint-1"
+    assert [r.record.name for r in ckptsync.verify(remote)] == ["checkpoint-1"]
+    assert ckptsync.prune(remote, ckptsync.Retention(keep_last=1)).kept == ["checkpoint-1"]
+    assert "is larger than 67108864 bytes" in caplog.text
+
+
+def test_verify_judges_each_manifests_own_references_not_the_hash_alone(tmp_path):
+    """One manifest's reference to H.zstd (missing) is damaged while another's to H.raw (present) is not;
+    a manifest that declares a wrong size for a chunk another manifest uses rightly is damaged (deep)."""
+    import hashlib
+
+    import zstandard
+
+    from ckptsync import format as fmt
+
+    root = tmp_path / "remote"
+    root.mkdir()
+    repo = open_repository(f"file://{root}")
+    now = datetime(2026, 12, 1, tzinfo=timezone.utc)
+
+    def commit(name: str, ref: fmt.ChunkRef, size: int) -> None:
+        entry = fmt.FileEntry("w.bin", size, 0o644, ref.hash, (ref,))
+        repo.commit(fmt.Manifest(name, "dir", 1, {}, now, "h", fmt.new_commit_id(now, "h"), (entry,), "t"))
+
+    one = os.urandom(5000)
+    h1 = hashlib.sha256(one).hexdigest()
+    repo.put_chunk(h1, "raw", one)
+    commit("raw-ok", fmt.ChunkRef(h1, 5000, 5000, "raw"), 5000)
+    commit("zstd-missing", fmt.ChunkRef(h1, 5000, 4000, "zstd"), 5000)
+    two = bytes(5000)
+    h2 = hashlib.sha256(two).hexdigest()
+    frame = zstandard.ZstdCompressor(write_content_size=True).compress(two)
+    repo.put_chunk(h2, "zstd", frame)
+    commit("zstd-ok", fmt.ChunkRef(h2, 5000, len(frame), "zstd"), 5000)
+    commit("zstd-wrong-size", fmt.ChunkRef(h2, 4999, len(frame), "zstd"), 4999)  # the frame holds 5000 bytes
+
+    reports = {r.record.name: r for r in ckptsync.verify(f"file://{root}")}
+    assert reports["raw-ok"].ok and reports["zstd-ok"].ok and reports["zstd-wrong-size"].ok  # present, as stored
+    assert reports["zstd-missing"].problems == [f"w.bin: chunk {h1}.zstd is missing"]
+    deep = {r.record.name: r for r in ckptsync.verify(f"file://{root}", deep=True)}
+    assert deep["raw-ok"].ok and deep["zstd-ok"].ok and not deep["zstd-missing"].ok
+    assert not deep["zstd-wrong-size"].ok  # decoded at its own declared size, which the frame contradicts
+
+
+def test_a_remote_whose_only_manifest_is_unusable_is_not_empty(remote, ckdir, tmp_path, caplog):
+    make_hf_checkpoint(ckdir, 1, 0.5, params=1 << 12)
+    ckptsync.push(ckdir, remote)
+    [good] = ckptsync.list_checkpoints(remote)
+    doc = json.loads(fmt.encode_manifest(good.manifest))
+    doc["files"][0]["path"] = "../../escaped"  # tampered: invalid
+    doc["commit"] = "20990101T000000000000Z-evil-0123456789abcdef"
+    root = Path(remote.removeprefix("file://"))
+    for p in (root / "manifests").rglob("*.json"):
+        p.unlink()
+    shutil.rmtree(root / "catalog")
+    _write_manifest(remote, doc)
+    with pytest.raises(IntegrityError, match=r"no usable checkpoint in .*: 1 manifest\(s\) are invalid or unreadable"):
+        ckptsync.restore(remote, tmp_path / "strict", strict=True)
+    assert ckptsync.restore(remote, tmp_path / "default") is None
+    assert "1 manifest(s) are invalid or unreadable; starting from scratch" in caplog.text
