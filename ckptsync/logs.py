@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from datetime import datetime, timezone
@@ -36,10 +37,20 @@ def redact(text: str) -> str:
     return text
 
 
+#: Characters a terminal acts on instead of printing: C0 and C1 controls (ESC, BEL, CR, LF, ...), DEL,
+#: and the bidirectional overrides and isolates that reorder what follows them.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` for a terminal or a log line: every control character written as an escape (``\\x1b``)."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
+
+
 class _RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        clean = redact(msg)
+        clean = printable(redact(msg))
         if clean != msg or record.args:
             record.msg, record.args = clean, None
         return True

@@ -11,6 +11,7 @@ import click
 from .. import api, policy
 from ..catalog import Checkpoint
 from ..format import format_time
+from ..logs import printable
 from ..options import COMMON, REMOTE, Resolved
 from ..progress import human_bytes
 from .params import run_command, settings
@@ -66,6 +67,7 @@ def table(records: list[Checkpoint]) -> list[str]:
                 *_totals(r),
             ]
         )
+    rows = [[printable(c) for c in row] for row in rows]  # names from a remote: never terminal escapes
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
 

@@ -8,6 +8,7 @@ import logging
 import click
 
 from .. import api
+from ..logs import printable
 from ..options import COMMON, REMOTE, RETENTION, Resolved
 from ..progress import human_bytes
 from .params import run_command, settings
@@ -39,9 +40,9 @@ def command(s: Resolved) -> None:
         return
     verb = "would delete" if dry_run else "deleted"
     for name in report.deleted:
-        click.echo(f"{verb}  {name}")
+        click.echo(printable(f"{verb}  {name}"))
     for name in report.kept:
-        click.echo(f"would keep  {name}" if dry_run else f"kept        {name}")
+        click.echo(printable(f"would keep  {name}" if dry_run else f"kept        {name}"))
     log.info(
         "%s %d manifest(s), %d chunk(s) (%s); %d unused chunk(s) kept within the grace period%s",
         verb,

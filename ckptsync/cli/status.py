@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import EXIT_NOTHING
+from ..logs import printable
 from ..options import COMMON, Resolved
 from ..progress import human_bytes
 from ..state import STATUS_FILE, default_state_dir, default_state_root, read_status
@@ -41,7 +42,7 @@ def command(s: Resolved) -> None:
         click.echo(json.dumps({**status.to_json(), "running": running}, indent=1))
         return
     for line in render(status, running):
-        click.echo(line)
+        click.echo(printable(line))
 
 
 def _find(state_dir: Path | None) -> Status | None:

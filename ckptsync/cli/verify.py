@@ -9,6 +9,7 @@ import click
 
 from .. import api
 from ..errors import EXIT_ERROR
+from ..logs import printable
 from ..options import COMMON, REMOTE, Resolved
 from .params import fail, run_command, settings
 
@@ -31,11 +32,11 @@ def command(s: Resolved) -> None:
     else:
         for r in reports:
             if r.ok:
-                click.echo(f"ok       {r.record.name}")
+                click.echo(printable(f"ok       {r.record.name}"))
                 continue
-            click.echo(f"DAMAGED  {r.record.name}: {len(r.problems)} problem(s)")
+            click.echo(printable(f"DAMAGED  {r.record.name}: {len(r.problems)} problem(s)"))
             for p in r.problems[:SHOWN]:
-                click.echo(f"         {p}")
+                click.echo(printable(f"         {p}"))
             if len(r.problems) > SHOWN:
                 click.echo(f"         ... and {len(r.problems) - SHOWN} more")
     log.info("verified %d checkpoint(s)%s: %d damaged", len(reports), " deeply" if s["deep"] else "", len(bad))
