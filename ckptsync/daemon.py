@@ -25,6 +25,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import snapshot
 from .api import open_repository
 from .backoff import Backoff
 from .checkpoint import LocalCheckpoint, check_folder, list_entries
@@ -121,6 +122,7 @@ class Daemon:
     def start(self) -> None:
         """Connect to the remote, start watching and uploading. Raises on errors that cannot heal."""
         self.link.try_connect(self.clock())
+        snapshot.remove_stale(self.folder)
         mode = self._watcher.start()
         found = self.observer.discover()
         log.info("watching %s (%s) -> %s: %d entries", self.folder, mode, self.repo.url, found)

@@ -152,17 +152,20 @@ def drop_staging(staging: Path) -> None:
     _active_staging.discard(staging.name)
 
 
-def remove_dead_staging(folder: Path, log: logging.Logger) -> None:
+def remove_dead_staging(
+    folder: Path, log: logging.Logger, *, prefix: str = STAGING_PREFIX, left_by: str = "an interrupted restore"
+) -> None:
     """Remove staging folders of restores that were killed: made on this host, by a process now gone.
 
     Another machine's staging folder (a shared file system) is never judged: its
-    process cannot be seen from here.
+    process cannot be seen from here. ``prefix`` names other private folders made
+    the same way (``<prefix><pid>-<host slug>-<hex>``), such as upload snapshots.
     """
     me = staging_slug()
     for entry in os.listdir(folder):
-        if not entry.startswith(STAGING_PREFIX) or entry in _active_staging:
+        if not entry.startswith(prefix) or entry in _active_staging:
             continue
-        fields = entry[len(STAGING_PREFIX) :].split("-")
+        fields = entry[len(prefix) :].split("-")
         if len(fields) >= 3 and fields[1] != me:
             continue
         try:
@@ -174,5 +177,5 @@ def remove_dead_staging(folder: Path, log: logging.Logger) -> None:
             pass
         except PermissionError:
             continue
-        log.info("removing %s, left by an interrupted restore", entry)
+        log.info("removing %s, left by %s", entry, left_by)
         remove_tree(folder / entry)

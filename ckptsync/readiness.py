@@ -11,7 +11,8 @@ mtimes), and serialises calls.
 
 An entry is *ready* when its completion signals permit a commit and, while
 writers may still be active, nothing in it changed for ``settle`` seconds (2 s
-with a completion signal), both by the watcher's account and by its files'
+with a completion signal; an entry renamed into place from a temporary name
+counts as signalled until something writes in it again), both by the watcher's account and by its files'
 mtimes, and no file of a single-file checkpoint is still open for writing.
 During a drain, an entry that became complete only after the drain began
 needs a completion signal: a trainer killed mid-save must not be committed.
@@ -28,8 +29,9 @@ from .backoff import Backoff
 from .checkpoint import LocalCheckpoint
 
 EntryStatus = Literal["pending", "ready", "uploading", "committed"]
-#: What the watcher says happened to an entry (see :mod:`ckptsync.watcher`).
-ChangeKind = Literal["write", "closed", "change"]
+#: What the watcher says happened to an entry (see :mod:`ckptsync.watcher`); ``renamed``: it was
+#: renamed into place from a temporary name, which says its writer finished it.
+ChangeKind = Literal["write", "closed", "change", "renamed"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class Entry:
     status: EntryStatus = "pending"
     reason: str = "new"
     open_writes: bool = False
+    #: Renamed into place from a temporary name, and not written since: a completion signal.
+    renamed: bool = False
     fingerprint: tuple[Any, ...] | None = None
     signal: bool = False
     ckpt: LocalCheckpoint | None = None
@@ -101,10 +105,14 @@ class Tracker:
         e = self.entries.get(name)
         if e is None:
             e = self.entries[name] = self._new(name, now)
-        if kind == "closed":
+        if kind in ("closed", "renamed"):
             e.open_writes = False
         elif kind == "write":
             e.open_writes = writing
+        if kind == "renamed":
+            e.renamed = True
+        elif kind != "closed":
+            e.renamed = False
         e.last_change = now
         self.dirty.add(name)
 
@@ -140,7 +148,7 @@ class Tracker:
             e.last_change = max(e.last_change, now)
             if e.status == "committed":
                 e.status = "pending"
-        e.fingerprint, e.ckpt, e.signal = fingerprint, obs.ckpt, obs.verdict.signal is not None
+        e.fingerprint, e.ckpt, e.signal = fingerprint, obs.ckpt, obs.verdict.signal is not None or e.renamed
         if obs.cached:
             e.status, e.reason = "committed", "committed"
             return

@@ -32,6 +32,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from .completion import is_temporary_name
 from .readiness import ChangeKind
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,9 @@ logging.getLogger("watchdog.observers.inotify").addFilter(_QuietShutdown())
 warnings.filterwarnings("ignore", message=r"Callback with id .* will be Overwritten", category=RuntimeWarning)
 
 #: ``on_change(name, kind)``: ``kind`` is ``"write"`` (bytes written to a file: it is
-#: open for writing), ``"closed"`` (closed after writing, or renamed into place) or
-#: ``"change"`` (created, deleted, renamed away).
+#: open for writing), ``"closed"`` (closed after writing, or renamed into place), ``"renamed"``
+#: (renamed into place from a temporary name such as ``tmp-checkpoint-N``: finished by its writer)
+#: or ``"change"`` (created, deleted, renamed away).
 OnChange = Callable[[str, ChangeKind], None]
 
 _CHANGES = (
@@ -89,10 +91,13 @@ class _Handler(FileSystemEventHandler):
                 return
             # A file renamed into place was closed under its old name: the move completes it.
             dest: ChangeKind = "closed" if isinstance(event, FileMovedEvent) else "change"
-            kinds = {self._top(event.src_path): "write" if isinstance(event, FileModifiedEvent) else "change"}
+            src_name = self._top(event.src_path)
+            kinds = {src_name: "write" if isinstance(event, FileModifiedEvent) else "change"}
             dest_name = self._top(getattr(event, "dest_path", None))
             if dest_name:
-                kinds[dest_name] = dest
+                # Renamed from a temporary name into place (tmp-checkpoint-N -> checkpoint-N): the writer says it is finished.
+                renamed = src_name is not None and src_name != dest_name and is_temporary_name(src_name)
+                kinds[dest_name] = "renamed" if renamed else dest
         else:
             return  # opened, closed-without-write, attribute changes (atime): reads, not writes
         for name, kind in kinds.items():

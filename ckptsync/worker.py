@@ -13,10 +13,11 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
+from . import snapshot
 from .backoff import Backoff
 from .checkpoint import LocalCheckpoint, scan_entry
 from .errors import CkptsyncError, StoreError
@@ -143,6 +144,8 @@ class UploadWorker:
     done: Callable[[Outcome], None]
     idle: Callable[[], None]
     nice: int = 0
+    #: Upload from hard-link snapshots (see :mod:`ckptsync.snapshot`).
+    snapshots: bool = True
 
     def __post_init__(self) -> None:
         self._jobs: queue.Queue[Entry | None] = queue.Queue()
@@ -197,11 +200,17 @@ class UploadWorker:
     def _upload(self, e: Entry) -> Outcome:
         try:
             session = self.link.connect()
-            # Scan right before reading: the snapshot must be current for the post-upload check.
+            # Scan right before reading: the scan must be current for the post-upload check.
             ckpt = scan_entry(self.folder / e.name)
-            result = session.upload(ckpt, progress=self._progress, cancel=self.cancel)
+            result = (
+                self._upload_snapshot(session, ckpt)
+                if self.snapshots
+                else session.upload(ckpt, progress=self._progress, cancel=self.cancel)
+            )
         except FileNotFoundError:
             return Outcome(e, UploadResult(e.name, "vanished", "it was deleted"))
+        except snapshot.SnapshotChanged as exc:
+            return Outcome(e, UploadResult(e.name, "changed", str(exc)))
         except CkptsyncError as exc:
             if isinstance(exc, StoreError):
                 self.link.failed(exc, self.clock())
@@ -210,3 +219,32 @@ class UploadWorker:
             log.exception("upload of %s failed", e.name)
             return Outcome(e, error=f"{type(exc).__name__}: {exc}")
         return Outcome(e, result, ckpt if result.status != "vanished" else None)
+
+    def _upload_snapshot(self, session: RemoteSession, ckpt: LocalCheckpoint) -> UploadResult:
+        """Upload ``ckpt`` from a hard-link snapshot, so the trainer deleting it cannot stop the upload."""
+        snap = snapshot.take(ckpt, self.folder)
+        if snap is None:
+            return session.upload(ckpt, progress=self._progress, cancel=self.cancel)
+        try:
+            cancel = _EitherEvent(self.cancel)
+            with snapshot.Guard(snap, cancel) as guard:
+                result = session.upload(snap.ckpt, progress=self._progress, cancel=cancel)
+            if guard.released is not None and result.status == "cancelled":
+                result = replace(result, reason=guard.released)
+        except CkptsyncError as exc:  # name the checkpoint's own files, not their links
+            exc.message = exc.message.replace(str(snap.ckpt.path), str(ckpt.path))
+            raise
+        finally:
+            snap.release()
+        return replace(result, reason=result.reason.replace(str(snap.ckpt.path), str(ckpt.path)))
+
+
+class _EitherEvent(threading.Event):
+    """Set when it is set itself or when ``outer`` is (one upload's stop, or the daemon's)."""
+
+    def __init__(self, outer: threading.Event) -> None:
+        super().__init__()
+        self.outer = outer
+
+    def is_set(self) -> bool:
+        return super().is_set() or self.outer.is_set()

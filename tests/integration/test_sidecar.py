@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.proxy import S3Proxy
-from tests.helpers import wait_until
+from tests.helpers import tree, wait_until
 from tests.imds import FakeImds
 from tests.integration.sidecar_helpers import (
     TRAIN,
@@ -259,19 +259,20 @@ def test_watch_killed_mid_upload_resumes_without_resending_stored_chunks(rclone_
             kids.close()
 
 
-def test_checkpoint_deleted_mid_upload_is_dropped_and_watch_keeps_going(rclone_s3, tmp_path):
+def test_checkpoint_deleted_mid_upload_is_committed_from_its_snapshot_and_watch_keeps_going(rclone_s3, tmp_path):
     bucket = rclone_s3.create_bucket()
     remote = f"s3://{bucket}/job"
     ckpt, state = tmp_path / "ckpt", tmp_path / "state"
     # 4 files of 8 MiB, read one chunk at a time (--max-memory 8M), uploaded at 16 MiB/s
-    write_checkpoint(ckpt, "checkpoint-1", {f"part-{i}.bin": os.urandom(8 * MiB) for i in range(4)}, step=1)
+    first = write_checkpoint(ckpt, "checkpoint-1", {f"part-{i}.bin": os.urandom(8 * MiB) for i in range(4)}, step=1)
+    content = tree(first)
     with S3Proxy(rclone_s3, bwlimit=16 * MiB) as proxy:
         kids = Children(proxy.wrap(rclone_s3), tmp_path / "logs")
         try:
             watch = kids.ckptsync(*watch_args(ckpt, remote, state, "--workers", "2", "--max-memory", "8M"))
             wait_until(lambda: _puts(proxy, "/chunks/"), 30, "a first chunk PUT")
-            shutil.rmtree(ckpt / "checkpoint-1")
-            watch.wait_stderr("checkpoint-1 was deleted during upload", 20)
+            shutil.rmtree(first)  # the trainer's rotation, mid-upload
+            wait_until(lambda: "checkpoint-1" in committed_names(rclone_s3, bucket, "job"), 30, "checkpoint-1 committed")
             assert watch.alive(), watch.stderr()
 
             write_checkpoint(ckpt, "checkpoint-2", {"w.bin": os.urandom(200_000)}, step=2)
@@ -281,11 +282,13 @@ def test_checkpoint_deleted_mid_upload_is_dropped_and_watch_keeps_going(rclone_s
         finally:
             kids.close()
     err = watch.stderr()
-    assert committed_names(rclone_s3, bucket, "job") == {"checkpoint-2"}
-    info = [ln for ln in err.splitlines() if "checkpoint-1 was deleted during upload" in ln]
-    assert info and all(" INFO " in ln for ln in info), err
-    assert "upload of checkpoint-1 failed" not in err, err
+    assert committed_names(rclone_s3, bucket, "job") == {"checkpoint-1", "checkpoint-2"}
+    assert "rotated away" not in err and "upload of checkpoint-1 failed" not in err, err
     assert no_traceback(err), err
+    assert not [p.name for p in ckpt.iterdir() if p.name.startswith(".ckptsync-snapshot-")]  # released after the commit
+    out = tmp_path / "out"
+    restored = ckptsync(rclone_s3, "restore", "--remote", remote, "--dir", str(out), "--name", "checkpoint-1")
+    assert restored.returncode == 0 and tree(out / "checkpoint-1") == content, restored.stderr
 
 
 def test_temporary_folder_renamed_into_place_is_committed_once_under_its_final_name(rclone_s3, bucket, kids, tmp_path):

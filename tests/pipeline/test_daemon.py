@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import ckptsync
+from ckptsync import snapshot
 from ckptsync.daemon import Daemon
 from ckptsync.errors import StoreError
 from ckptsync.options import Options, WatchOptions
@@ -181,7 +183,25 @@ class SlowPuts:
         self.inner.put(key, data)
 
 
-def test_checkpoint_deleted_during_upload_is_dropped_and_others_continue(tmp_path):
+def test_checkpoint_deleted_during_upload_is_committed_whole_from_its_snapshot(tmp_path):
+    e = Env(tmp_path, wrap=SlowPuts)
+    victim = write_marked(e.folder, "checkpoint-1", 1, size=3 << 20)
+    e.daemon.start()
+    assert e.store.started.wait(10)
+    shutil.rmtree(victim)  # the trainer's rotation (save_total_limit) while the upload runs
+    e.store.gate.set()
+    wait_until(lambda: e.names() == ["checkpoint-1"])
+    write_marked(e.folder, "checkpoint-2", 2)
+    wait_until(lambda: sorted(e.names()) == ["checkpoint-1", "checkpoint-2"])
+    report = e.stop()
+    assert report.committed == ["checkpoint-1", "checkpoint-2"] and report.failures == 0
+
+
+def test_without_hard_links_a_checkpoint_deleted_during_upload_is_dropped_and_others_continue(tmp_path, monkeypatch):
+    def no_links(src, dst, **kw):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(snapshot, "_link", no_links)
     e = Env(tmp_path, wrap=SlowPuts)
     victim = write_marked(e.folder, "checkpoint-1", 1, size=3 << 20)
     e.daemon.start()

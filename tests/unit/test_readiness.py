@@ -80,6 +80,23 @@ def test_a_completion_signal_needs_only_the_short_settle(tracker: Tracker, clock
     assert see(tracker, clock, c, complete("trainer_state.json")) == "ready"
 
 
+def test_an_entry_renamed_into_place_from_a_temporary_name_needs_only_the_short_settle(tracker: Tracker, clock: Clock) -> None:
+    tracker.changed("checkpoint-1", "renamed", clock.now)
+    c = ckpt(mtime=clock.wall)
+    clock.advance(SIGNAL_SETTLE)
+    assert see(tracker, clock, c) == "ready"
+
+
+def test_a_write_after_the_rename_takes_the_rename_signal_back(tracker: Tracker, clock: Clock) -> None:
+    tracker.changed("checkpoint-1", "renamed", clock.now)
+    tracker.changed("checkpoint-1", "closed", clock.now)  # the moved files' own events keep it
+    assert tracker.entries["checkpoint-1"].renamed
+    tracker.changed("checkpoint-1", "change", clock.now)  # a file created in it afterwards
+    c = ckpt(mtime=clock.wall)
+    clock.advance(SIGNAL_SETTLE)
+    assert see(tracker, clock, c) == "pending" and tracker.entries["checkpoint-1"].reason == "settling"
+
+
 def test_an_incomplete_verdict_keeps_the_entry_pending_with_its_reason(tracker: Tracker, clock: Clock) -> None:
     tracker.discovered("checkpoint-1", clock.now - 3600)
     assert see(tracker, clock, ckpt(mtime=clock.wall - 3600), Readiness(False, "waiting for .metadata")) == "pending"

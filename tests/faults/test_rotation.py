@@ -1,0 +1,101 @@
+"""Scenario 31: a trainer that deletes its previous checkpoint at every save (``save_total_limit=1``)
+while each checkpoint uploads about as slowly as the next one is written.
+
+Before hard-link snapshots every upload was dropped as "deleted during upload" and nothing was
+committed; now each upload that starts ends in a commit, and the newest complete checkpoint is
+uploaded next (the ones in between are skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from ckptsync.snapshot import SNAPSHOT_PREFIX
+from tests.faults.proxy import S3Proxy
+from tests.faults.scenarios import full_size, record
+from tests.helpers import run_cli, start_cli, tree, wait_until
+
+MB = 1_000_000
+MiB = 1 << 20
+
+
+def _save(folder: Path, step: int, size: int) -> dict[str, tuple[str, int]]:
+    """One save as a trainer with an atomic rename does it: write tmp-checkpoint-N, rename it into place."""
+    tmp = folder / f"tmp-checkpoint-{step}"
+    tmp.mkdir()
+    (tmp / "model.bin").write_bytes(os.urandom(size - 4096))
+    (tmp / "extra_state.bin").write_bytes(os.urandom(4096))
+    os.rename(tmp, folder / f"checkpoint-{step}")
+    return tree(folder / f"checkpoint-{step}")
+
+
+def test_s31_rotation_with_save_total_limit_1_on_a_slow_link_still_commits_the_newest_checkpoints(rclone_s3, tmp_path):
+    seconds = 60 if full_size() else 24
+    period, size, link = 4.0, 20 * MB, 5 * MiB
+    folder, state = tmp_path / "ckpts", tmp_path / "state"
+    folder.mkdir()
+    remote = f"s3://{rclone_s3.create_bucket()}/rotation"
+    contents: dict[str, dict[str, tuple[str, int]]] = {}
+    with S3Proxy(rclone_s3, bwlimit=link) as proxy:
+        server = proxy.wrap(rclone_s3)
+        errpath = tmp_path / "watch.stderr"
+        with open(errpath, "w") as err:  # the default settle time: no --settle
+            daemon = start_cli("watch", "--dir", str(folder), "--remote", remote, "--state-dir", str(state), server=server, stderr=err)
+        try:
+            wait_until(lambda: "watching" in errpath.read_text(), 30, "the daemon watching")
+            started = time.monotonic()
+            step = 0
+            while time.monotonic() - started < seconds:
+                step += 1
+                contents[f"checkpoint-{step}"] = _save(folder, step, size)
+                if step > 1:
+                    shutil.rmtree(folder / f"checkpoint-{step - 1}")  # save_total_limit=1
+                time.sleep(max(0.0, started + period * step - time.monotonic()))  # the training steps between saves
+            listed = run_cli("list", "--remote", remote, "--json", server=rclone_s3)
+            committed = [r["name"] for r in json.loads(listed.stdout)] if listed.returncode == 0 else []
+            daemon.send_signal(signal.SIGKILL)  # a spot reclaim: no drain
+            daemon.wait(30)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait()
+    log = errpath.read_text()
+    newest = committed[0] if committed else None
+    out = tmp_path / "restored"
+    restored = run_cli("restore", "--remote", remote, "--dir", str(out), "--latest", server=rclone_s3)
+    identical = newest is not None and restored.returncode == 0 and tree(out / newest) == contents[newest]
+    dropped = log.count("rotated away")
+    # A daemon started after the kill removes the snapshot the killed one left.
+    left = [p.name for p in folder.iterdir() if p.name.startswith(SNAPSHOT_PREFIX)]
+    with open(tmp_path / "again.stderr", "w") as err:
+        again = start_cli("watch", "--dir", str(folder), "--remote", remote, "--state-dir", str(state), server=rclone_s3, stderr=err)
+    try:
+        wait_until(lambda: "watching" in (tmp_path / "again.stderr").read_text(), 30, "the second daemon watching")
+        remaining = [p.name for p in folder.iterdir() if p.name.startswith(SNAPSHOT_PREFIX)]
+    finally:
+        again.send_signal(signal.SIGTERM)
+        try:
+            again.wait(60)
+        except subprocess.TimeoutExpired:
+            again.kill()
+            again.wait()
+    ok = len(committed) >= 3 and identical and not remaining
+    record(
+        31,
+        "rotation with save_total_limit=1 on a slow link",
+        1,
+        f"{len(committed)} of {step} checkpoints committed during {seconds} s of {size // MB} MB saves every {period:.0f} s "
+        f"over a {link // MiB} MiB/s link, default settle time ({dropped} dropped as rotated away); "
+        f"after kill -9 the newest committed one ({newest}) restored byte-identical: {identical}; "
+        f"snapshots left by the killed daemon: {len(left)}, after the next start: {len(remaining)}",
+        ok,
+    )
+    assert len(committed) >= 3, f"only {committed} committed of {step} saves\n{log[-3000:]}"
+    assert identical, f"{newest} not restored byte-identical: {restored.stderr}"
+    assert not remaining, remaining
