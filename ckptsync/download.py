@@ -5,6 +5,10 @@ A checkpoint is assembled in a hidden staging folder inside the target folder
 against its hash as it arrives and every file against its whole-file hash
 once written, and only then is it renamed into place. On any failure the
 staging folder is removed and the target folder is left exactly as it was.
+
+Files get the permission bits their manifest records, but only the read, write
+and execute bits the restoring process's umask allows (:func:`restored_mode`),
+as ``cp`` and ``tar`` without ``-p`` give them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from . import format as fmt
 from .errors import IntegrityError, LocalError, UsageError
 from .executor import BoundedExecutor
 from .fsutil import drop_staging, fsync_dir, new_staging, place, remove_dead_staging, remove_tree
+from .logs import printable
 from .repository import ManifestRecord, Repository
 from .restore_plan import Fetch, LocalView, RestorePlan, plan_restore
 
@@ -92,7 +97,9 @@ def restore_checkpoint(
     created_dir = _ensure_dir(target_dir)
     final = target_dir / m.name
     result = RestoreResult(m.name, final, m, rec.key, files=len(m.files))
-    plan = plan_restore(m, probe_local(final, m))
+    umask = current_umask()
+    local = probe_local(final, m, umask)
+    plan = plan_restore(m, local)
     if plan.already_present:
         result.already_present = True
         result.files_reused = len(m.files)
@@ -104,8 +111,9 @@ def restore_checkpoint(
         remove_dead_staging(target_dir, log)
         staging = new_staging(target_dir)
         built = staging / m.name
-        _build(repo, plan, built, result, workers, progress)
+        _build(repo, plan, built, result, workers, progress, umask)
         fsync_dir(staging)
+        replaced = describe_replaced(final, m, local)
         crashpoints.reached("before-rename")
         place(built, final)
         fsync_dir(target_dir)
@@ -118,14 +126,41 @@ def restore_checkpoint(
             raise _local_error(exc, final) from None
         raise
     drop_staging(staging)
+    if replaced:
+        log.warning("%s", replaced)
     result.seconds = time.monotonic() - started
     return result
+
+
+def restored_mode(mode: int, umask: int) -> int:
+    """The permission bits a file recorded with ``mode`` gets: its read, write and execute bits less ``umask``.
+
+    Never the set-user-ID, set-group-ID or sticky bits, never more than the umask
+    allows (a manifest is remote data; see docs/FORMAT.md, section 5.4).
+    """
+    return mode & 0o777 & ~umask
+
+
+def current_umask() -> int:
+    """This process's umask, read from ``/proc/self/status`` where the kernel shows it (Linux 4.7 and later)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere reading it means setting it: put back at once
+    os.umask(mask)
+    return mask
 
 
 # ---------------------------------------------------------------- building
 
 
-def _build(repo: Repository, plan: RestorePlan, root: Path, result: RestoreResult, workers: int, progress: Progress | None) -> None:
+def _build(
+    repo: Repository, plan: RestorePlan, root: Path, result: RestoreResult, workers: int, progress: Progress | None, umask: int
+) -> None:
     """Assemble the checkpoint at ``root`` (inside the staging folder)."""
     m = plan.manifest
     if m.kind == "dir":
@@ -146,7 +181,7 @@ def _build(repo: Repository, plan: RestorePlan, root: Path, result: RestoreResul
         for fd in sinks:
             os.close(fd)
     for entry in m.files:
-        os.chmod(_path(root, m, entry), entry.mode & 0o1777, follow_symlinks=False)
+        os.chmod(_path(root, m, entry), restored_mode(entry.mode, umask), follow_symlinks=False)
     if m.kind == "dir":
         for folder in sorted(plan.folders, key=lambda f: -f.count("/")):
             fsync_dir(root.joinpath(*folder.split("/")))
@@ -298,8 +333,9 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
 # ---------------------------------------------------------------- what is already local
 
 
-def probe_local(final: Path, m: fmt.Manifest) -> LocalView:
-    """Which of the manifest's files are already at ``final`` with the right size and hash."""
+def probe_local(final: Path, m: fmt.Manifest, umask: int) -> LocalView:
+    """Which of the manifest's files are already at ``final`` with the right size and hash
+    (exact: nothing else there, every mode :func:`restored_mode` under ``umask``)."""
     if not final.exists() or final.is_symlink():
         return LocalView()
     found: dict[str, Path] = {}
@@ -319,7 +355,7 @@ def probe_local(final: Path, m: fmt.Manifest) -> LocalView:
             continue
         if same:
             found[entry.path] = path
-    return LocalView(found, exact=len(found) == len(m.files) and _exact(final, m))
+    return LocalView(found, exact=len(found) == len(m.files) and _exact(final, m, umask))
 
 
 def _parents(root: Path, relpath: str) -> list[Path]:
@@ -327,7 +363,7 @@ def _parents(root: Path, relpath: str) -> list[Path]:
     return [root.joinpath(*parts[:i]) for i in range(len(parts))]
 
 
-def _exact(final: Path, m: fmt.Manifest) -> bool:
+def _exact(final: Path, m: fmt.Manifest, umask: int) -> bool:
     """True if the local entry holds exactly the manifest's files and nothing else."""
     if m.kind == "file":
         return final.is_file() and not final.is_symlink()
@@ -337,11 +373,13 @@ def _exact(final: Path, m: fmt.Manifest) -> bool:
     for dirpath, _dirs, files in os.walk(final):
         for fn in files:
             present.add((Path(dirpath) / fn).relative_to(final).as_posix())
-    return present == {e.path for e in m.files} and all(_mode(final.joinpath(*e.path.split("/"))) == e.mode & 0o1777 for e in m.files)
+    return present == {e.path for e in m.files} and all(
+        _mode(final.joinpath(*e.path.split("/"))) == restored_mode(e.mode, umask) for e in m.files
+    )
 
 
 def _mode(path: Path) -> int:
-    return os.lstat(path).st_mode & 0o1777
+    return stat.S_IMODE(os.lstat(path).st_mode)
 
 
 def _hash_file(path: Path) -> str:
@@ -367,6 +405,53 @@ def _link_or_copy(src: Path, dst: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+# ---------------------------------------------------------------- what a restore replaces
+
+#: How many names a warning about replaced files shows of each kind.
+_NAMES_SHOWN = 3
+
+
+def describe_replaced(final: Path, m: fmt.Manifest, local: LocalView) -> str | None:
+    """What restoring ``m`` over ``final`` discards, as one line; None when nothing is lost.
+
+    Lost are the local files the checkpoint does not have and those it has with
+    other content (``local`` holds the ones reused); missing files and modes are not losses.
+    """
+    if not os.path.lexists(final):
+        return None
+    where = printable(str(final))
+    if final.is_symlink():
+        return f"replaced the symbolic link {where} (not followed) with the restored checkpoint"
+    if not final.is_dir():
+        if m.kind == "file":
+            return None if m.name in local.reusable else f"replaced the existing {where}: its content differed from the checkpoint's"
+        return f"replaced the existing file {where} with the restored folder"
+    present = _entries(final)
+    if m.kind == "file":
+        return f"replaced the existing folder {where} with the restored file: removed {_some(sorted(present))}"
+    wanted = {e.path for e in m.files}
+    extra = sorted(present - wanted)
+    rewritten = sorted(p for p in present & wanted if p not in local.reusable)
+    lost = [f"removed {_some(extra)} not in the restored checkpoint"] if extra else []
+    lost += [f"rewrote {_some(rewritten)} whose content differed"] if rewritten else []
+    return f"replaced the existing {where}: {'; '.join(lost)}" if lost else None
+
+
+def _entries(folder: Path) -> set[str]:
+    """The relative paths of everything under ``folder`` but folders (symbolic links to folders included)."""
+    out = set()
+    for dirpath, dirs, files in os.walk(folder):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+            out.add(Path(dirpath, name).relative_to(folder).as_posix())
+    return out
+
+
+def _some(paths: list[str]) -> str:
+    """``3 files (a, b, c, …)``: the count and the first few names, escaped for a log line."""
+    shown = ", ".join(printable(p) for p in paths[:_NAMES_SHOWN]) + (", …" if len(paths) > _NAMES_SHOWN else "")
+    return f"{len(paths)} file{'s' if len(paths) != 1 else ''} ({shown})"
 
 
 # ---------------------------------------------------------------- the target folder

@@ -3,7 +3,8 @@
 botocore logs the access key id and session token at DEBUG level, so its
 loggers stay at WARNING unless ``--log-level debug`` is combined with
 ``CKPTSYNC_DEBUG_BOTO=1``; even then every record passes a filter that masks
-every secret the S3 store has registered.
+every secret the S3 store has registered, and the password of every URL
+(``http://user:***@host``), tracebacks included.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import re
 import sys
 import threading
 from datetime import datetime, timezone
+
+from .progress import bars_aside
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
@@ -28,7 +31,18 @@ def register_secret(value: str | None) -> None:
             _secrets.add(value)
 
 
+#: The password of a URL's user information: ``scheme://user:PASSWORD@host``.
+_URL_PASSWORD = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]*@")
+
+
+def mask_passwords(text: str) -> str:
+    """``text`` with the password of every URL in it written ``***`` (``http://user:***@host:port``)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
 def redact(text: str) -> str:
+    """``text`` with every registered secret written ``****`` and every URL's password ``***``."""
+    text = mask_passwords(text)
     with _secrets_lock:
         secrets = sorted(_secrets, key=len, reverse=True)
     for s in secrets:
@@ -56,6 +70,19 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler whose lines never land on a progress bar (see :func:`ckptsync.progress.bars_aside`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with bars_aside(self.stream):
+            super().emit(record)
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))  # the message is clean already; a traceback may not be
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = {
@@ -76,11 +103,11 @@ def setup(level: str = "info", fmt: str = "text", stream: object = None) -> None
     lvl = getattr(logging, level.upper(), None)
     if not isinstance(lvl, int):
         lvl = logging.INFO
-    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    handler = _Handler(stream or sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     handler.addFilter(_RedactingFilter())
     root = logging.getLogger()
     for h in list(root.handlers):

@@ -1,14 +1,18 @@
 """Progress on long work: a bar on a terminal, nothing otherwise (tqdm), and byte counts for people.
 
 tqdm is imported by the first bar, so that commands that show none do not pay for it.
+A line written to the terminal while bars are shown goes through :func:`bars_aside`,
+so that it is never printed over a bar.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
+from typing import IO
 
 
 class ProgressBar:
@@ -45,6 +49,17 @@ class ProgressBar:
 
 
 Callback = Callable[[int], None]
+
+
+@contextlib.contextmanager
+def bars_aside(stream: IO[str]) -> Iterator[None]:
+    """While the body writes whole lines to ``stream``, the bars on the terminal are cleared; then drawn again below them."""
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)  # no bar was made before tqdm was imported
+    if tqdm is None:
+        yield
+        return
+    with tqdm.external_write_mode(file=stream):
+        yield
 
 
 def human_bytes(n: float) -> str:

@@ -13,7 +13,7 @@ from .params import run_command, settings
 
 @click.command("mark")
 @click.argument("path", type=click.Path(exists=False, path_type=Path))
-@click.option("--step", "step_arg", type=click.IntRange(0), help="The checkpoint's training step.")
+@click.option("--step", "step_arg", type=click.IntRange(0), metavar="N", help="The checkpoint's training step.")
 @click.option("--metric", "metric_args", multiple=True, metavar="NAME=VALUE", help="A metric (repeatable), e.g. --metric eval_loss=0.21.")
 @settings(*COMMON)
 @run_command

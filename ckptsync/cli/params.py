@@ -17,12 +17,12 @@ import sys
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import click
 
 from .. import logs
-from ..errors import EXIT_ERROR, CkptsyncError
+from ..errors import EXIT_ERROR, EXIT_USAGE, CkptsyncError
 from ..options import SETTINGS, Resolved, resolve
 
 log = logging.getLogger("ckptsync")
@@ -41,9 +41,19 @@ def settings(*names: str, help: Mapping[str, str] | None = None) -> Callable[[F]
 
 
 def selection(f: F) -> F:
-    """``--latest`` (the default) or ``--best``: which checkpoint a restore or an export takes."""
-    f = click.option("--best", "how", flag_value="best", help="The best by --metric.")(f)
-    return click.option("--latest", "how", flag_value="latest", default=True, help="Highest step, then newest commit (default).")(f)
+    """``--latest`` (the default) or ``--best``: which checkpoint a restore or an export takes, passed as ``how``.
+
+    Both at once are a usage error, not the last one winning.
+    """
+
+    @functools.wraps(f)
+    def choose(*args: Any, latest: bool, best: bool, **kw: Any) -> Any:
+        if latest and best:
+            fail("--latest and --best cannot be combined", "pass one of them (--latest is the default)", EXIT_USAGE)
+        return f(*args, how="best" if best else "latest", **kw)
+
+    choose = click.option("--best", is_flag=True, help="The best by --metric.")(choose)
+    return cast(F, click.option("--latest", is_flag=True, help="Highest step, then newest commit (default).")(choose))
 
 
 def _option(name: str, help_text: str | None) -> Callable[[F], F]:
@@ -56,19 +66,20 @@ def _option(name: str, help_text: str | None) -> Callable[[F], F]:
     if s.flag:
         decl = f"{s.option}/{s.off_flag}" if s.off_flag else s.option
         return click.option(decl, name, is_flag=True, default=None, help=text)
-    kind: click.ParamType = click.Choice(s.choices, case_sensitive=False) if s.choices else click.STRING
-    return click.option(s.option, name, type=kind, default=None, metavar=s.metavar, help=text)
+    if s.choices:
+        return click.option(s.option, name, type=click.Choice(s.choices, case_sensitive=False), default=None, help=text)
+    return click.option(s.option, name, type=click.STRING, default=None, metavar=s.metavar or name.upper(), help=text)
 
 
 def display(value: Any) -> str:
-    """A setting's value as ``ckptsync config`` and the help show it."""
+    """A setting's value as ``ckptsync config`` and the help show it, a URL's password masked."""
     if value is None:
         return "-"
     if isinstance(value, timedelta):
         return f"{value.total_seconds():g}s"
     if isinstance(value, tuple):
         return ",".join(map(str, value)) or "-"
-    return str(value)
+    return logs.mask_passwords(str(value))
 
 
 def run_command(f: Callable[..., None]) -> Callable[..., None]:
@@ -105,10 +116,15 @@ def run_command(f: Callable[..., None]) -> Callable[..., None]:
 
 def fail(message: str, hint: str | None, code: int) -> NoReturn:
     """Print an error (and a hint) as one line each, credentials masked, and exit with ``code``."""
+    error(message, hint)
+    sys.exit(code)
+
+
+def error(message: str, hint: str | None) -> None:
+    """Print an error (and a hint) as one line each, credentials masked; the command goes on."""
     click.echo(f"ckptsync: error: {logs.redact(message)}", err=True)
     if hint:
         click.echo(f"ckptsync: hint: {hint}", err=True)
-    sys.exit(code)
 
 
 def folder(s: Resolved) -> Path:

@@ -31,7 +31,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ..errors import AlreadyExists, NotFound, ObjectTooLarge, StoreError, UsageError
-from ..logs import register_secret
+from ..logs import mask_passwords, register_secret
 from .base import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -352,10 +352,10 @@ class S3Store:
                 "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run on an instance role",
             )
         if isinstance(exc, bex.ParamValidationError):
-            return StoreError(f"invalid S3 request for {where}: {exc}")
+            return StoreError(f"invalid S3 request for {where}: {mask_passwords(str(exc))}")
         if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectTimeoutError)):
             return StoreError(
-                f"cannot connect to the S3 endpoint {self.options.endpoint_url or '(AWS)'}",
+                f"cannot connect to the S3 endpoint {mask_passwords(self.options.endpoint_url or '(AWS)')}",
                 "check --endpoint-url and the network",
                 key=key,
                 transient=True,
@@ -365,7 +365,7 @@ class S3Store:
         ):
             return StoreError(f"connection failed during {op} {where}: {type(exc).__name__}", key=key, transient=True)
         if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
-            return StoreError(f"connection failed during {op} {where}: {exc}", key=key, transient=True)
+            return StoreError(f"connection failed during {op} {where}: {mask_passwords(str(exc))}", key=key, transient=True)
         if isinstance(exc, bex.BotoCoreError):
-            return StoreError(f"S3 {op} {where} failed: {exc}", key=key)
+            return StoreError(f"S3 {op} {where} failed: {mask_passwords(str(exc))}", key=key)
         raise exc

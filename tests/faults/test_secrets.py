@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
 
 from tests.faults.scenarios import record
@@ -59,3 +61,39 @@ def test_no_command_logs_the_access_key_secret_or_session_token(seaweedfs, tmp_p
         f"matches of access key, secret, session token: {matches}",
         matches == 0,
     )
+
+
+ENDPOINT_PASSWORD = "endpoint-pass-4f9c2e"
+
+
+def test_an_endpoint_urls_password_is_masked_in_config_errors_and_logs(tmp_path):
+    """--endpoint-url http://user:PASSWORD@host:port is shown as http://user:***@host:port by config, in the error
+    of a refused connection and in debug logs (botocore's and tracebacks included), text and JSON."""
+    env = {
+        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY123456",
+        "AWS_SECRET_ACCESS_KEY": "example-secret-key-123456",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+    with socket.socket() as closed:  # bound on loopback but not listening: every connection is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        endpoint = f"http://ckuser:{ENDPOINT_PASSWORD}@127.0.0.1:{port}"
+        masked = f"http://ckuser:***@127.0.0.1:{port}"
+        config = run_cli("config", "--endpoint-url", endpoint, env=env)
+        failed = [
+            run_cli(
+                *("list", "--remote", "s3://bucket/x", "--endpoint-url", endpoint, "--retries", "1"),
+                *("--log-level", "debug", "--log-format", fmt),
+                env={**env, "CKPTSYNC_DEBUG_BOTO": "1"},
+            )
+            for fmt in ("text", "json")
+        ]
+    assert config.returncode == 0, config.stderr
+    assert masked in config.stdout
+    for p in failed:
+        assert p.returncode == 1
+        assert f"ckptsync: error: cannot connect to the S3 endpoint {masked}" in p.stderr.splitlines()
+        assert "EndpointConnectionError" in p.stderr  # botocore's debug log and the traceback were printed
+    text = "".join(p.stdout + p.stderr for p in (config, *failed))
+    assert ENDPOINT_PASSWORD not in text

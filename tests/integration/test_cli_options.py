@@ -6,9 +6,15 @@ Golden files live in tests/golden/; ``CKPTSYNC_UPDATE_GOLDEN=1`` rewrites them f
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
+import select
+import struct
 import sys
+import termios
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,7 @@ from ckptsync.options import SETTINGS, WATCH_TIMINGS
 from ckptsync.repository import Repository
 from ckptsync.status import InFlight, LastCommit, Status
 from ckptsync.store import LocalStore
-from tests.helpers import clean_env, run_cli, tree, use_env
+from tests.helpers import clean_env, run_cli, start_cli, tree, use_env
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 HOSTS = ("node-0", "node-1", "node-2")
@@ -330,3 +336,76 @@ def test_python_api_takes_the_config_files_table_of_its_command(tmp_path: Path, 
     monkeypatch.setenv("CKPTSYNC_CONFIG", str(cfg))
     assert ckptsync.api.default_options("push").workers == 5
     assert ckptsync.api.default_options("restore").workers == 3
+
+
+# ---------------------------------------------------------------- the command line's surface
+
+
+def test_latest_and_best_together_are_a_usage_error(tmp_path: Path) -> None:
+    """restore and export refuse --latest with --best (exit 2, one line and a hint) instead of taking the last one."""
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    for args in (("restore", "--dir", str(tmp_path / "out")), ("export", "--to", str(tmp_path / "model"))):
+        result = invoke(*args, "--remote", f"file://{remote}", "--latest", "--best", "--metric", "eval_loss")
+        assert result.exit_code == 2, result.output
+        assert result.stderr.splitlines() == [
+            "ckptsync: error: --latest and --best cannot be combined",
+            "ckptsync: hint: pass one of them (--latest is the default)",
+        ]
+    assert sorted(os.listdir(tmp_path)) == ["remote"]
+
+
+#: Metavars click makes up from a type: they say nothing of what the value is.
+GENERIC_METAVARS = {"TEXT", "INTEGER", "INTEGER RANGE", "FLOAT", "FLOAT RANGE", "PATH", "FILENAME", "BOOLEAN", "UUID"}
+
+
+def test_help_of_every_command_names_every_options_value_meaningfully() -> None:
+    """Every option taking a value shows what it is (SIZE, DURATION, SECONDS, REGION...): no internal name
+    starting with '_', no click type name such as TEXT or INTEGER RANGE."""
+    odd = {}
+    for command in sorted(cli_main.commands):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0
+        options = re.findall(r"(?m)^  (?:-\w, )?(--[\w-]+(?: / --[\w-]+)?)(?: (\S+(?: RANGE)?))?(?:  |$)", result.output)
+        assert len(options) > 3, result.output
+        odd.update({f"{command} {o}": m for o, m in options if m.startswith("_") or m in GENERIC_METAVARS})
+    assert odd == {}
+
+
+def test_push_on_a_terminal_clears_the_progress_bar_before_each_log_line(tmp_path: Path) -> None:
+    """On a terminal each log line, the final 'committed' and 'push done' ones included, starts where the bar
+    was cleared, never after it on the same line."""
+    src = tmp_path / "src" / "checkpoint-1"
+    src.mkdir(parents=True)
+    (src / "w.bin").write_bytes(os.urandom(100_000))
+    (tmp_path / "remote").mkdir()
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a bar needs columns to draw in
+    try:
+        child = start_cli(
+            "push", "--dir", str(src.parent), "--remote", f"file://{tmp_path / 'remote'}", stdin=slave, stdout=slave, stderr=slave
+        )
+    finally:
+        os.close(slave)
+    try:
+        out = b""
+        while select.select([master], [], [], 60)[0]:
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError:  # EIO: the child ended and the terminal is closed
+                break
+            if not data:
+                break
+            out += data
+        assert child.wait(60) == 0, out
+    finally:
+        os.close(master)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    text = out.decode()
+    assert re.search(r"checkpoint-1: +\d+%\|", text), "no progress bar was drawn"
+    shown = {line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n") if " INFO " in line}  # what the terminal shows
+    for what in ("committed checkpoint-1:", "push done:"):
+        [line] = [s for s in shown if what in s]
+        assert re.match(rf"\d\d:\d\d:\d\d INFO {what}", line), repr(line)

@@ -375,3 +375,57 @@ def test_a_remote_whose_only_manifest_is_unusable_is_not_empty(remote, ckdir, tm
         ckptsync.restore(remote, tmp_path / "strict", strict=True)
     assert ckptsync.restore(remote, tmp_path / "default") is None
     assert "1 manifest(s) are invalid or unreadable; starting from scratch" in caplog.text
+
+
+@pytest.mark.parametrize(("umask", "expected"), [(0o022, 0o755), (0o077, 0o700)])
+def test_restore_gives_only_the_permission_bits_the_umask_allows(tmp_path, umask, expected):
+    """Modes 04777, 02777 and 01777 in a manifest (remote data) become 0777 less the umask: never set-user-ID,
+    set-group-ID or sticky, never more than the umask allows; a second restore finds the files present."""
+    import hashlib
+
+    root = tmp_path / "remote"
+    root.mkdir()
+    repo = open_repository(f"file://{root}")
+    data = os.urandom(100)
+    digest = hashlib.sha256(data).hexdigest()
+    repo.put_chunk(digest, "raw", data)
+    ref = fmt.ChunkRef(digest, 100, 100, "raw")
+    modes = {"setuid.bin": 0o4777, "setgid.bin": 0o2777, "sticky.bin": 0o1777, "open.bin": 0o777}
+    entries = tuple(fmt.FileEntry(path, 100, mode, digest, (ref,)) for path, mode in sorted(modes.items()))
+    now = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    repo.commit(fmt.Manifest("checkpoint-1", "dir", 1, {}, now, "h", fmt.new_commit_id(now, "h"), entries, "t"))
+    old = os.umask(umask)
+    try:
+        result = ckptsync.restore(f"file://{root}", tmp_path / "out")
+        again = ckptsync.restore(f"file://{root}", tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o7777 for p in result.path.iterdir()} == dict.fromkeys(modes, expected)
+    assert again.already_present
+
+
+def test_restore_over_an_existing_folder_warns_which_local_files_it_discards(remote, ckdir, tmp_path, caplog):
+    src = make_hf_checkpoint(ckdir, 5, 0.5, params=1 << 12)
+    ckptsync.push(ckdir, remote)
+    out = tmp_path / "out"
+    shutil.copytree(ckdir, out)
+    ckptsync.restore(remote, out)  # identical: nothing replaced, nothing to say
+    assert "replaced" not in caplog.text
+    mine = out / src.name
+    for name in ("a.bin", "b.bin", "c.bin", "d\x1b[31m.bin"):
+        (mine / name).write_bytes(b"local only")
+    (mine / "scheduler.pt").write_bytes(b"changed here")
+    caplog.clear()
+    ckptsync.restore(remote, out)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert [r.getMessage() for r in warnings] == [
+        f"replaced the existing {mine}: removed 4 files (a.bin, b.bin, c.bin, …) not in the restored checkpoint; "
+        "rewrote 1 file (scheduler.pt) whose content differed"
+    ]
+    assert tree(mine) == tree(src)
+    (mine / "d\x1b[31m.bin").write_bytes(b"local only")
+    caplog.clear()
+    ckptsync.restore(remote, out)
+    assert (
+        caplog.records[-1].getMessage() == f"replaced the existing {mine}: removed 1 file (d\\x1b[31m.bin) not in the restored checkpoint"
+    )
