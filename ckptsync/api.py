@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, cast
 
 from . import catalog, policy
 from .catalog import Checkpoint
-from .errors import CkptsyncError, UsageError
+from .errors import CkptsyncError, StoreError, UnstorableEntry, UsageError
 from .options import CONNECTION, Options, resolve
 from .repository import ManifestRecord, Repository
 from .retention import DEFAULT_GRACE, PruneReport
@@ -48,19 +48,32 @@ def open_repository(remote: str, options: Options | None = None, *, wrap: StoreW
     return Repository(store, r.prefix, workers=opts.workers)
 
 
+@dataclass(frozen=True)
+class PushFailure:
+    """A checkpoint :func:`push` did not commit, or skipped: its name, what went wrong (naming it), and a hint."""
+
+    name: str
+    message: str
+    hint: str | None = None
+
+
 @dataclass
 class PushReport:
-    """Outcome of :func:`push`: one result per checkpoint, newest first."""
+    """Outcome of :func:`push`: one result per checkpoint uploaded, newest first; the checkpoints that
+    failed (an unreadable file, an entry that cannot be stored), and the top-level entries skipped
+    (links leaving the folder, not followed)."""
 
     results: list[UploadResult] = field(default_factory=list)
+    failed: list[PushFailure] = field(default_factory=list)
+    skipped: list[PushFailure] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
 
     @property
     def ok(self) -> bool:
-        """False if a checkpoint changed while it was uploaded (and so was not committed)."""
-        return self.count("changed") == 0
+        """False if a checkpoint failed, or changed while it was uploaded (and so was not committed)."""
+        return self.count("changed") == 0 and not self.failed
 
 
 def push(
@@ -70,18 +83,25 @@ def push(
     *,
     progress: Callable[[LocalCheckpoint], Callable[[int], None] | None] | None = None,
     wrap: StoreWrapper | None = None,
+    follow_symlinks: bool | None = None,
 ) -> PushReport:
     """Upload every checkpoint in ``dir`` that is not committed yet, newest first.
 
     Each checkpoint is committed only if none of its files changed during its
-    upload; chunks already on the remote are not uploaded again.
+    upload; chunks already on the remote are not uploaded again. A checkpoint that
+    cannot be committed whole (an unreadable file, an entry that cannot be stored)
+    is reported in :attr:`PushReport.failed` and the others still go; a store error
+    that cannot heal stops the push. Links leaving ``dir`` are followed only with
+    ``follow_symlinks`` (None: ``CKPTSYNC_FOLLOW_SYMLINKS``, the config file, else off).
     """
     from .checkpoint import check_folder
 
     opts = options or default_options("push")
+    if follow_symlinks is None:
+        follow_symlinks = bool(resolve(["follow_symlinks"], command="push")["follow_symlinks"])
     folder = check_folder(Path(dir))
     with open_repository(remote, opts, wrap=wrap) as repo:
-        return _push(folder, repo, opts, progress)
+        return _push(folder, repo, opts, progress, follow_symlinks=follow_symlinks)
 
 
 def _push(
@@ -89,19 +109,36 @@ def _push(
     repo: Repository,
     opts: Options,
     progress: Callable[[LocalCheckpoint], Callable[[int], None] | None] | None,
+    *,
+    follow_symlinks: bool = False,
 ) -> PushReport:
-    from .checkpoint import scan_folder
+    from .checkpoint import scan_folder, shown
     from .session import RemoteSession, describe
 
     report = PushReport()
-    ckpts = scan_folder(folder)
+    ckpts = []
+    for ckpt in scan_folder(folder, follow_symlinks=follow_symlinks):
+        if ckpt.refused is not None and ckpt.refused.skipped:
+            report.skipped.append(PushFailure(ckpt.name, ckpt.refused.message, ckpt.refused.hint))
+            log.warning("%s; %s", ckpt.refused.message, ckpt.refused.hint)
+        else:
+            ckpts.append(ckpt)
     if not ckpts:
         log.info("no checkpoints in %s", folder)
         return report
     ckpts.sort(key=lambda c: (c.score.step is not None, c.score.step or -1, c.name), reverse=True)
-    with RemoteSession.open(repo, opts, names=[c.name for c in ckpts]) as session:
+    with RemoteSession.open(repo, opts, names=[c.name for c in ckpts if c.refused is None]) as session:
         for ckpt in ckpts:
-            result = session.upload(ckpt, progress=progress(ckpt) if progress else None)
+            # One checkpoint's local trouble never stops the others; the store's does (it would fail them all).
+            try:
+                result = session.upload(ckpt, progress=progress(ckpt) if progress and ckpt.refused is None else None)
+            except StoreError:
+                raise
+            except CkptsyncError as exc:
+                err = exc if isinstance(exc, UnstorableEntry) else exc.prefixed(f"{shown(ckpt.name)} not committed")
+                report.failed.append(PushFailure(ckpt.name, err.message, err.hint))
+                log.debug("%s", err.message)
+                continue
             log.log(logging.WARNING if result.status == "changed" else logging.INFO, "%s", describe(result))
             report.results.append(result)
         session.seal_ready(last_look=True)
@@ -201,4 +238,4 @@ def prune(
         return _prune(repo, rules, grace=grace, dry_run=dry_run, host=opts.host or "")
 
 
-__all__ = ["push", "restore", "list_checkpoints", "verify", "prune", "open_repository", "PushReport", "CkptsyncError"]
+__all__ = ["push", "restore", "list_checkpoints", "verify", "prune", "open_repository", "PushReport", "PushFailure", "CkptsyncError"]

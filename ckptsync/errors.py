@@ -102,3 +102,9 @@ class IntegrityError(CkptsyncError):
 
 class LocalError(CkptsyncError):
     """The local file system refused an operation (no space, permission, ...)."""
+
+
+class UnstorableEntry(LocalError):
+    """A checkpoint holds an entry ckptsync will not store as it lies (a name the format cannot carry,
+    a link that dangles, loops or leaves the watched folder, an unreadable folder, a FIFO...): nothing
+    of the checkpoint is committed. The message names the checkpoint, the entry and why."""

@@ -40,7 +40,11 @@ class FolderObserver:
     coordinator: Callable[[str], bool] | None = None
     #: Seconds between two questions to the remote about one checkpoint.
     ask_every: float = 2.0
+    #: Follow links leaving the folder (``--follow-symlinks``).
+    follow_symlinks: bool = False
     _answers: dict[str, tuple[float, bool]] = field(default_factory=dict)
+    #: Refusals already logged, by entry: each is said once until the entry changes.
+    _refusals: dict[str, str] = field(default_factory=dict)
 
     def discover(self) -> int:
         """List the folder at start: each entry counts as last changed at its newest mtime. Returns how many."""
@@ -48,7 +52,7 @@ class FolderObserver:
         names = list_entries(self.folder)
         with self.lock:
             for name in names:
-                self.tracker.discovered(name, last_change(self.folder / name, now, wall))
+                self.tracker.discovered(name, last_change(self.folder / name, now, wall, self.follow_symlinks))
         return len(names)
 
     def changed(self, name: str, kind: ChangeKind, native: bool) -> bool:
@@ -86,12 +90,23 @@ class FolderObserver:
             except OSError as exc:
                 log.debug("cannot scan %s: %s", name, exc)
                 continue
+            self._say_refusal(name, obs)
             with self.lock:
                 self.tracker.observe(name, obs, now, self.wall())
 
+    def _say_refusal(self, name: str, obs: Observation) -> None:
+        """Log why an entry is refused, once until what it says changes."""
+        refused = obs.ckpt.refused
+        if refused is None:
+            self._refusals.pop(name, None)
+            return
+        if self._refusals.get(name) != refused.message:
+            self._refusals[name] = refused.message
+            log.warning("%s; %s", refused.message, refused.hint)
+
     def observe(self, name: str) -> Observation:
         """Scan one entry. Raises FileNotFoundError if it is gone, OSError if it cannot be read."""
-        ckpt = scan_entry(self.folder / name)
+        ckpt = scan_entry(self.folder / name, root=self.folder, follow_symlinks=self.follow_symlinks)
         marker = sidecar_marker(self.folder / name) is not None if ckpt.kind == "file" else False
         relpaths = (f.relpath for f in ckpt.files)
         verdict = completion.assess(ckpt.kind, relpaths, require_marker=self.require_marker, marker_present=marker, name=name)
@@ -112,10 +127,10 @@ class FolderObserver:
         return answer
 
 
-def last_change(path: Path, now: float, wall: float) -> float:
+def last_change(path: Path, now: float, wall: float, follow_symlinks: bool = False) -> float:
     """For an entry found at start: its newest mtime, on the monotonic clock that reads ``now``."""
     try:
-        ckpt = scan_entry(path, score=False)
+        ckpt = scan_entry(path, score=False, root=path.parent, follow_symlinks=follow_symlinks)
     except OSError:
         return now
     newest = max((f.signature[1] for f in ckpt.files), default=0) / 1e9

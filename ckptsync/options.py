@@ -103,6 +103,8 @@ class WatchOptions:
     poll: bool = False
     poll_interval: float = 2.0
     require_marker: bool = False
+    #: Follow links whose target leaves the watched folder (``--follow-symlinks``).
+    follow_symlinks: bool = False
     spot_notice: bool = False
     imds_endpoint: str = DEFAULT_IMDS_ENDPOINT
     spot_interval: float = 5.0
@@ -263,6 +265,14 @@ SETTINGS: dict[str, Setting] = _settings(
     # -- where
     Setting("remote", text, help="s3://bucket/prefix or file:///abs/path (required).", metavar="URI"),
     Setting("dir", path, Path(DEFAULT_DIR), "The checkpoint folder.", metavar="DIR"),
+    Setting(
+        "follow_symlinks",
+        parse_bool,
+        False,
+        "Follow symbolic links that lead out of --dir (entries of --dir and links inside checkpoints), storing what they "
+        "point to; without it such a checkpoint is refused, and such an entry of --dir skipped with a warning.",
+        flag=True,
+    ),
     Setting("state_dir", path, help="State folder (default: ~/.local/state/ckptsync/<id>; XDG_STATE_HOME respected).", metavar="DIR"),
     # -- the remote's connection
     Setting("endpoint_url", text, help="S3-compatible endpoint (SeaweedFS, MinIO, rclone serve s3, ...).", metavar="URL"),
@@ -376,6 +386,7 @@ WATCH = (
     "imds_endpoint",
     "spot_interval",
     "state_dir",
+    "follow_symlinks",
 )
 #: What ``ckptsync.Syncer`` accepts (those of ``ckptsync watch``).
 DAEMON = (*WATCH, *RETENTION, *REMOTE)

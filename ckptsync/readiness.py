@@ -65,6 +65,8 @@ class Entry:
     open_writes: bool = False
     #: Renamed into place from a temporary name, and not written since: a completion signal.
     renamed: bool = False
+    #: Holds an entry that cannot be stored (the reason says which): not uploaded until it changes.
+    refused: bool = False
     fingerprint: tuple[Any, ...] | None = None
     signal: bool = False
     ckpt: LocalCheckpoint | None = None
@@ -149,10 +151,14 @@ class Tracker:
             if e.status == "committed":
                 e.status = "pending"
         e.fingerprint, e.ckpt, e.signal = fingerprint, obs.ckpt, obs.verdict.signal is not None or e.renamed
+        e.refused = obs.ckpt.refused is not None and not obs.ckpt.refused.skipped
         if obs.cached:
             e.status, e.reason = "committed", "committed"
             return
         if e.status == "committed":
+            return
+        if obs.ckpt.refused is not None:  # never uploaded as it lies: waits for a change
+            self._pending(e, obs.ckpt.refused.message)
             return
         if not obs.verdict.ready:
             self._pending(e, obs.verdict.reason)
@@ -230,8 +236,8 @@ class Tracker:
         return {e.name: e.reason for e in self.entries.values() if e.status == "pending"}
 
     def unsynced(self) -> list[tuple[str, str]]:
-        """Complete entries not committed: ``(name, reason)``, in upload order."""
-        waiting = (e for e in self.entries.values() if e.status in ("ready", "uploading"))
+        """Complete entries not committed, and refused ones: ``(name, reason)``, in upload order."""
+        waiting = (e for e in self.entries.values() if e.status in ("ready", "uploading") or (e.status == "pending" and e.refused))
         return [(e.name, e.reason) for e in sorted(waiting, key=Entry.rank, reverse=True)]
 
     def oldest_ready(self) -> float | None:

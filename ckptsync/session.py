@@ -236,7 +236,10 @@ class RemoteSession:
 
         Setting ``cancel`` stops the upload between chunks; it then ends as
         ``cancelled`` and nothing is committed (chunks already stored stay).
+        Raises :class:`~ckptsync.errors.UnstorableEntry` at once, before any
+        request, if the scan refused the checkpoint (:attr:`LocalCheckpoint.refused`).
         """
+        ckpt.check()
         self.announce(ckpt)
         lock = self._lock_remote()
         try:

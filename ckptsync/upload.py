@@ -305,7 +305,8 @@ class Uploader:
                 raise Vanished("it was deleted during upload") from None
             raise Changed(f"{f.relpath} was deleted during upload") from None
         except OSError as exc:
-            raise LocalError(f"cannot read {f.abspath}: {exc.strerror}") from None
+            hint = "make it readable by the user ckptsync runs as" if isinstance(exc, PermissionError) else None
+            raise LocalError(f"cannot read {f.abspath}: {exc.strerror}", hint) from None
         st = os.fstat(fd)
         if st.st_ino != f.signature[2] or not stat.S_ISREG(st.st_mode):
             os.close(fd)

@@ -146,6 +146,8 @@ class UploadWorker:
     nice: int = 0
     #: Upload from hard-link snapshots (see :mod:`ckptsync.snapshot`).
     snapshots: bool = True
+    #: Follow links leaving the folder (``--follow-symlinks``).
+    follow_symlinks: bool = False
 
     def __post_init__(self) -> None:
         self._jobs: queue.Queue[Entry | None] = queue.Queue()
@@ -201,7 +203,7 @@ class UploadWorker:
         try:
             session = self.link.connect()
             # Scan right before reading: the scan must be current for the post-upload check.
-            ckpt = scan_entry(self.folder / e.name)
+            ckpt = scan_entry(self.folder / e.name, root=self.folder, follow_symlinks=self.follow_symlinks)
             result = (
                 self._upload_snapshot(session, ckpt)
                 if self.snapshots
@@ -222,6 +224,7 @@ class UploadWorker:
 
     def _upload_snapshot(self, session: RemoteSession, ckpt: LocalCheckpoint) -> UploadResult:
         """Upload ``ckpt`` from a hard-link snapshot, so the trainer deleting it cannot stop the upload."""
+        ckpt.check()  # a checkpoint that will be refused is not linked first
         snap = snapshot.take(ckpt, self.folder)
         if snap is None:
             return session.upload(ckpt, progress=self._progress, cancel=self.cancel)
