@@ -83,6 +83,17 @@ class ObjectTooLarge(StoreError):
     """An object is larger than the reader allowed (``get(..., max_size=...)``): never read whole."""
 
 
+class NoAnswer(StoreError):
+    """The store did not answer in time (a connect or read timeout): transient.
+
+    The retry layer treats it apart: a store that gave no answer for a whole retry
+    budget is not waited for again at once (see :mod:`ckptsync.store.retrying`).
+    """
+
+    def __init__(self, message: str, hint: str | None = None, *, key: str | None = None) -> None:
+        super().__init__(message, hint, transient=True, key=key)
+
+
 class FormatError(CkptsyncError):
     """A manifest or chunk does not follow docs/FORMAT.md (corrupt or hostile)."""
 

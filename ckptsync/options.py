@@ -305,6 +305,14 @@ SETTINGS: dict[str, Setting] = _settings(
     Setting("nice", integer(0, 19), 10, "Lower ckptsync's CPU priority by this much (never the training command's).", "N"),
     Setting("retries", integer(1, 100), 6, "Attempts per storage request on transient errors.", "N"),
     Setting(
+        "retry_budget",
+        number(1.0),
+        90.0,
+        "Seconds a storage request may wait, retries included, for a store that does not answer "
+        "(then the other requests fail at once for as long).",
+        "SECONDS",
+    ),
+    Setting(
         "host", text, lambda: socket.gethostname() or "host", "This host's name in manifests (default: SM_CURRENT_HOST or the hostname)."
     ),
     Setting(
@@ -370,6 +378,7 @@ CONNECTION = (
     "bwlimit",
     "nice",
     "retries",
+    "retry_budget",
     "host",
     "hosts",
 )
@@ -377,6 +386,7 @@ REMOTE = ("remote", *CONNECTION)
 RETENTION = ("keep_last", "keep_best", "keep_every", "grace", "metric", "mode")
 WATCH = (
     "dir",
+    "follow_symlinks",
     "settle",
     "drain_timeout",
     "poll",
@@ -386,7 +396,6 @@ WATCH = (
     "imds_endpoint",
     "spot_interval",
     "state_dir",
-    "follow_symlinks",
 )
 #: What ``ckptsync.Syncer`` accepts (those of ``ckptsync watch``).
 DAEMON = (*WATCH, *RETENTION, *REMOTE)
@@ -416,7 +425,7 @@ class Resolved:
         v = self.values
         return Options(
             s3=S3Options(**self._fields(S3Options)),
-            retry=RetryPolicy(attempts=v["retries"]),
+            retry=RetryPolicy(attempts=v["retries"], max_seconds=v["retry_budget"]),
             workers=v["workers"],
             max_memory=v["max_memory"],
             host=v["host"],

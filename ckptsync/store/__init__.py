@@ -79,14 +79,22 @@ def open_remote(
     wrap: StoreWrapper | None = None,
     bwlimit: float | None = None,
 ) -> Store:
-    """Build the store stack for a remote: backend, optional test layer, bandwidth limit, retries."""
+    """Build the store stack for a remote: backend, optional test layer, bandwidth limit, retries.
+
+    S3's timeouts are capped to fit the retry budget (:meth:`S3Options.within`), and the
+    retries know how long one request waits for no answer.
+    """
+    retry = retry or RetryPolicy()
     inner: Store
+    attempt_timeout = 0.0
     if remote.scheme == "s3":
+        s3 = (s3 or S3Options()).within(retry.max_seconds)
         inner = S3Store(remote.bucket, s3)
+        attempt_timeout = s3.attempt_timeout
     else:
         inner = LocalStore(Path(remote.bucket))
     if wrap is not None:
         inner = wrap(inner)
     if bwlimit:
         inner = ThrottledStore(inner, bwlimit)
-    return RetryingStore(inner, retry)
+    return RetryingStore(inner, retry, attempt_timeout=attempt_timeout)

@@ -17,7 +17,8 @@ never interprets them beyond mapping them to its own namespace. Contracts:
   also offer ``delete_many(keys)`` (S3's DeleteObjects); :func:`delete_many`
   uses it where it exists.
 - Every failure is a :class:`~ckptsync.errors.StoreError` whose ``transient``
-  flag says whether the same call may succeed later.
+  flag says whether the same call may succeed later; a store that did not
+  answer in time raises :class:`~ckptsync.errors.NoAnswer`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,14 @@
 botocore's own retries are switched off (``total_max_attempts=1``) so that the
 retry budget is owned in one place, :mod:`ckptsync.store.retrying`; every
 botocore failure is translated into a :class:`StoreError` that says whether it
-may heal.
+may heal, a timeout into :class:`NoAnswer`.
+
+Timeouts: a request is abandoned when connecting takes ``connect_timeout`` or
+when the server sends nothing for ``read_timeout`` (botocore's read timeout
+bounds each wait for the next bytes, not a whole transfer: a large body that
+keeps flowing is never cut). 20 s of silence is far beyond a healthy server's
+pause, and short enough for several attempts to fit in a retry budget
+(:meth:`S3Options.within`).
 
 botocore is imported when the first client is made, not with this module: a
 command that never talks to S3 (``--help``, a ``file://`` remote) does not pay
@@ -26,11 +33,11 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ..errors import AlreadyExists, NotFound, ObjectTooLarge, StoreError, UsageError
+from ..errors import AlreadyExists, NoAnswer, NotFound, ObjectTooLarge, StoreError, UsageError
 from ..logs import mask_passwords, register_secret
 from .base import ObjectInfo
 
@@ -82,7 +89,18 @@ class S3Options:
     checksum: str = "auto"  # one of CHECKSUM_MODES
     max_connections: int = 16
     connect_timeout: float = 5.0
-    read_timeout: float = 60.0
+    read_timeout: float = 20.0
+
+    @property
+    def attempt_timeout(self) -> float:
+        """The longest one request waits for a server that does not answer: connecting, then the answer."""
+        return self.connect_timeout + self.read_timeout
+
+    def within(self, budget: float) -> S3Options:
+        """These options with each timeout at most a quarter of ``budget`` seconds, so that at least
+        two attempts of a request that gets no answer fit in a retry budget of that length."""
+        cap = budget / 4
+        return replace(self, connect_timeout=min(self.connect_timeout, cap), read_timeout=min(self.read_timeout, cap))
 
 
 def _path_style(o: S3Options) -> bool:
@@ -278,7 +296,8 @@ class S3Store:
         """Abort multipart uploads under ``prefix`` started more than ``older_than`` ago.
 
         Parts of an upload killed midway are billed until aborted. Servers that
-        do not implement multipart listing are skipped silently.
+        do not implement multipart listing, and transient errors, are skipped
+        silently; a server that does not answer raises :class:`NoAnswer`.
         """
         limit = datetime.now(timezone.utc) - older_than
         aborted = 0
@@ -294,6 +313,10 @@ class S3Store:
                         aborted += 1
         except Exception as exc:
             err = self._translate(exc, "list uploads", prefix)
+            # A store that does not answer is not skipped: the retry layer must see it (it then
+            # stops waiting for that store), and the caller treats the cleanup as best effort anyway.
+            if isinstance(err, NoAnswer):
+                raise err from None
             if err.transient or isinstance(err, NotFound) or err.code in ("NotImplemented", "NoSuchUpload"):
                 log.debug("multipart cleanup skipped: %s", err.message)
                 return aborted
@@ -307,6 +330,20 @@ class S3Store:
             client.close()
 
     # -- errors
+
+    def _endpoint(self) -> str:
+        """Where requests go, for messages (a password in the URL masked)."""
+        client = self._client_obj
+        url = self.options.endpoint_url or (str(client.meta.endpoint_url) if client is not None else "(AWS)")
+        return mask_passwords(url)
+
+    def _no_answer_hint(self) -> str:
+        check = (
+            "that --endpoint-url points at an S3 server and that it is healthy"
+            if self.options.endpoint_url
+            else "the network path to S3 (proxy, firewall, VPC endpoint)"
+        )
+        return f"check {check}; --retry-budget and --retries set how long ckptsync waits for an answer"
 
     def _translate(self, exc: BaseException, op: str, key: str) -> StoreError:
         where = f"s3://{self.bucket}/{key}"
@@ -353,16 +390,27 @@ class S3Store:
             )
         if isinstance(exc, bex.ParamValidationError):
             return StoreError(f"invalid S3 request for {where}: {mask_passwords(str(exc))}")
-        if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectTimeoutError)):
+        if isinstance(exc, bex.ConnectTimeoutError):
+            return NoAnswer(
+                f"cannot connect to the S3 endpoint {self._endpoint()}: no answer within {self.options.connect_timeout:g} s ({op} {where})",
+                self._no_answer_hint(),
+                key=key,
+            )
+        if isinstance(exc, (bex.ReadTimeoutError, TimeoutError)):
+            return NoAnswer(
+                f"the S3 endpoint {self._endpoint()} accepted the connection but sent nothing for {self.options.read_timeout:g} s"
+                f" ({op} {where})",
+                self._no_answer_hint(),
+                key=key,
+            )
+        if isinstance(exc, bex.EndpointConnectionError):
             return StoreError(
-                f"cannot connect to the S3 endpoint {mask_passwords(self.options.endpoint_url or '(AWS)')}",
+                f"cannot connect to the S3 endpoint {self._endpoint()}",
                 "check --endpoint-url and the network",
                 key=key,
                 transient=True,
             )
-        if isinstance(
-            exc, (bex.ReadTimeoutError, bex.ConnectionClosedError, bex.ResponseStreamingError, bex.IncompleteReadError, bex.HTTPClientError)
-        ):
+        if isinstance(exc, (bex.ConnectionClosedError, bex.ResponseStreamingError, bex.IncompleteReadError, bex.HTTPClientError)):
             return StoreError(f"connection failed during {op} {where}: {type(exc).__name__}", key=key, transient=True)
         if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
             return StoreError(f"connection failed during {op} {where}: {mask_passwords(str(exc))}", key=key, transient=True)

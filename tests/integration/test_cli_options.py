@@ -117,6 +117,7 @@ def _sample(name: str, tmp: Path) -> tuple[str, Any]:
         "bwlimit": ("10M", "10M"),
         "nice": ("3", 3),
         "retries": ("9", 9),
+        "retry_budget": ("30", 30.0),
         "host": ("node-1", "node-1"),
         "hosts": ("node-0,node-1", ["node-0", "node-1"]),
         "keep_last": ("4", 4),
@@ -171,6 +172,7 @@ def test_syncer_accepts_every_option_of_watch_with_the_same_effect(tmp_path: Pat
     for field in ("workers", "max_memory", "bwlimit", "nice", "retry", "host", "hosts", "s3"):
         assert getattr(syncer.options, field) != getattr(defaults.options, field), field
     assert syncer.options.bwlimit == 10 << 20 and syncer.options.nice == 3 and syncer.options.retry.attempts == 9
+    assert syncer.options.retry.max_seconds == 30.0
 
 
 def test_syncer_refuses_an_unknown_option_in_one_line(tmp_path: Path) -> None:
