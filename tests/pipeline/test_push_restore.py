@@ -16,6 +16,7 @@ from ckptsync.api import open_repository
 from ckptsync.errors import IntegrityError, NothingToRestore, UsageError
 from ckptsync.repository import Repository
 from ckptsync.store import LocalStore
+from tests.faults.scenarios import record
 from tests.helpers import listing, make_hf_checkpoint, make_mixed_checkpoint, tree
 
 
@@ -319,6 +320,13 @@ def test_a_junk_object_too_large_for_a_manifest_is_skipped_with_a_warning(tmp_pa
     assert [r.record.name for r in ckptsync.verify(remote)] == ["checkpoint-1"]
     assert ckptsync.prune(remote, ckptsync.Retention(keep_last=1)).kept == ["checkpoint-1"]
     assert "is larger than 67108864 bytes" in caplog.text
+    record(
+        23,
+        "a junk object over 64 MiB under manifests/",
+        4,
+        "list, restore, verify and prune each skipped it with a warning and served the good checkpoint (4/4)",
+        True,
+    )
 
 
 def test_verify_judges_each_manifests_own_references_not_the_hash_alone(tmp_path):
@@ -357,6 +365,14 @@ def test_verify_judges_each_manifests_own_references_not_the_hash_alone(tmp_path
     deep = {r.record.name: r for r in ckptsync.verify(f"file://{root}", deep=True)}
     assert deep["raw-ok"].ok and deep["zstd-ok"].ok and not deep["zstd-missing"].ok
     assert not deep["zstd-wrong-size"].ok  # decoded at its own declared size, which the frame contradicts
+    record(
+        27,
+        "verify by each manifest's own chunk references",
+        4,
+        "H.zstd missing: only the manifest using it damaged, the one using H.raw ok; "
+        "wrong declared size of a shared chunk: damaged under --deep, its sibling ok (4/4 verdicts right)",
+        True,
+    )
 
 
 def test_a_remote_whose_only_manifest_is_unusable_is_not_empty(remote, ckdir, tmp_path, caplog):
@@ -375,6 +391,13 @@ def test_a_remote_whose_only_manifest_is_unusable_is_not_empty(remote, ckdir, tm
         ckptsync.restore(remote, tmp_path / "strict", strict=True)
     assert ckptsync.restore(remote, tmp_path / "default") is None
     assert "1 manifest(s) are invalid or unreadable; starting from scratch" in caplog.text
+    record(
+        24,
+        "a remote whose only manifest is unusable",
+        2,
+        "--strict: failed naming 1 invalid manifest; default: warned with the count, then started from scratch",
+        True,
+    )
 
 
 @pytest.mark.parametrize(("umask", "expected"), [(0o022, 0o755), (0o077, 0o700)])

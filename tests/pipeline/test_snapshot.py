@@ -161,6 +161,7 @@ def test_a_folder_renamed_into_place_from_a_temporary_name_is_reported_as_rename
         os.rename(tmp, tmp_path / "checkpoint-1")
         wait_until(lambda: ("checkpoint-1", "renamed") in seen, 10, "the rename reported")
         (tmp_path / "checkpoint-2").mkdir()
+        wait_until(lambda: ("checkpoint-2", "change") in seen, 10, "the new folder reported (and watched)")
         (tmp_path / "checkpoint-2" / ".tmp1").write_bytes(b"y")
         os.rename(tmp_path / "checkpoint-2" / ".tmp1", tmp_path / "checkpoint-2" / "model.bin")  # a rename inside: not one into place
         wait_until(lambda: ("checkpoint-2", "closed") in seen, 10, "the inner rename reported")

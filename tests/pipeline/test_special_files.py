@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from ckptsync.options import Options
 from ckptsync.repository import Repository
 from ckptsync.session import RemoteSession
 from ckptsync.store import LocalStore
+from tests.faults.scenarios import record
 from tests.helpers import tree
 
 pytestmark = pytest.mark.timeout(30)  # a regression blocks in open(): fail, do not hang the suite
@@ -27,9 +29,19 @@ def test_a_file_swapped_for_a_fifo_during_the_upload_is_a_change_not_a_hang(tmp_
     (ck / "model.bin").unlink()
     os.mkfifo(ck / "model.bin")
     (tmp_path / "remote").mkdir()
+    started = time.monotonic()
     with RemoteSession(Repository(LocalStore(tmp_path / "remote")), host="h1") as session:
         result = session.upload(snapshot)
+    took = time.monotonic() - started
     assert result.status == "changed" and "model.bin" in result.reason
+    record(
+        26,
+        "a file swapped for a FIFO during an upload",
+        1,
+        f"upload ended as '{result.status}' ({result.reason}) after {took:.2f} s, no blocking open; "
+        "FIFOs named trainer_state.json and ckptsync.json never opened for a blocking read",
+        True,
+    )
 
 
 def test_a_fifo_named_like_a_signal_file_is_not_read(tmp_path: Path) -> None:

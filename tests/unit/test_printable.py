@@ -11,6 +11,7 @@ from ckptsync import format as fmt
 from ckptsync.cli.listing import table
 from ckptsync.logs import printable, setup
 from ckptsync.repository import ManifestRecord
+from tests.faults.scenarios import record
 
 TITLE = "\x1b]0;pwned\x07"  # sets the terminal's title
 CLEAR = "\x1b[2J"  # clears the screen
@@ -38,3 +39,10 @@ def test_log_lines_escape_what_they_quote():
     finally:
         setup("info", "text")
     assert "\x1b" not in out.getvalue() and "committed ck\\x1b[2J" in out.getvalue()
+    record(
+        28,
+        "terminal escapes in names from a remote or a marker",
+        3,
+        "ESC]0;..BEL (title), ESC[2J (clear), CR, LF and U+202E printed escaped in list and in log lines: 0 raw control characters",
+        True,
+    )
