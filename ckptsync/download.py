@@ -22,7 +22,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,8 +172,9 @@ def _build(
     try:
         for entry in plan.write:
             sinks.append(_create(_path(root, m, entry), entry.size))
-        _fetch_all(repo, plan.fetches, sinks, plan, result, workers, progress)
-        _verify_files(plan.write, sinks, workers)
+        hashes = FileHashes(plan.write, sinks)
+        _fetch_all(repo, plan.fetches, sinks, plan, result, workers, progress, hashes)
+        hashes.check()
         for entry, fd in zip(plan.write, sinks, strict=True):
             os.fsync(fd)
             result.bytes_written += entry.size
@@ -234,8 +235,10 @@ def _fetch_all(
     result: RestoreResult,
     workers: int,
     progress: Progress | None,
+    hashes: FileHashes,
 ) -> None:
-    """Download every chunk once and write its bytes where they go; stop at the first failure."""
+    """Download every chunk once, write its bytes where they go and hash them into their files'
+    hashes; stop at the first failure."""
     lock = threading.Lock()
     failed = threading.Event()
 
@@ -253,6 +256,7 @@ def _fetch_all(
                 if t.start + t.length > len(view):
                     raise IntegrityError(f"chunk {ref.hash} is {len(view)} bytes, shorter than the part the manifest names")
                 _pwrite_all(sinks[t.file], view[t.start : t.start + t.length], t.offset)
+                hashes.landed(t.file, t.offset, view[t.start : t.start + t.length])
             crashpoints.reached("restore-chunk")
             with lock:
                 result.bytes_downloaded += ref.stored
@@ -298,28 +302,68 @@ def _unfinished(futures: list[Future[None]], errors: list[BaseException], *, wai
     return left
 
 
-def _verify_files(entries: tuple[fmt.FileEntry, ...], sinks: list[int], workers: int) -> None:
-    """Read every assembled file back and check its whole-file hash."""
+class FileHashes:
+    """The whole-file hash of every file being assembled, taken as its bytes land rather than in a
+    second pass over the files once they are written.
 
-    def check(entry: fmt.FileEntry, fd: int) -> None:
-        h = _new_file_hasher()
-        offset = 0
-        while offset < entry.size:
-            block = os.pread(fd, min(_READ_BLOCK, entry.size - offset), offset)
+    A file is hashed in order, by one thread at a time and without making the others
+    wait: bytes landing at the file's hash cursor while nobody hashes that file are
+    hashed from memory by the thread that wrote them, which then hashes, read back from
+    the file (the page cache), whatever landed right after meanwhile; bytes landing
+    anywhere else are only noted. So each byte is hashed once, most of them without
+    being read again, and checking overlaps the downloads.
+    """
+
+    def __init__(self, entries: tuple[fmt.FileEntry, ...], sinks: list[int]) -> None:
+        self.entries = entries
+        self.sinks = sinks
+        self._hashers = [_new_file_hasher() for _ in entries]
+        self._cursor = [0] * len(entries)
+        self._ahead: list[dict[int, int]] = [{} for _ in entries]  # offset -> length, landed but not hashed
+        self._busy = [False] * len(entries)
+        self._lock = threading.Lock()
+
+    def landed(self, file: int, offset: int, data: memoryview) -> None:
+        """Bytes ``data`` were written at ``offset`` of file ``file``."""
+        with self._lock:
+            if self._busy[file] or offset != self._cursor[file]:
+                self._ahead[file][offset] = len(data)
+                return
+            self._busy[file] = True
+        try:
+            self._hashers[file].update(data)
+            end = offset + len(data)
+            while True:
+                with self._lock:
+                    self._cursor[file] = end
+                    length = self._ahead[file].pop(end, None)
+                    if length is None:
+                        self._busy[file] = False
+                        return
+                self._hash_back(file, end, length)
+                end += length
+        except BaseException:
+            with self._lock:
+                self._busy[file] = False
+            raise
+
+    def _hash_back(self, file: int, offset: int, length: int) -> None:
+        """Hash bytes ``[offset, offset + length)`` of file ``file``, read back from it."""
+        end, fd, h = offset + length, self.sinks[file], self._hashers[file]
+        while offset < end:
+            block = os.pread(fd, min(_READ_BLOCK, end - offset), offset)
             if not block:
-                break
+                raise IntegrityError(f"file {self.entries[file].path} is shorter than written (inconsistent manifest)")
             h.update(block)
             offset += len(block)
-        if offset != entry.size or h.hexdigest() != entry.hash:
-            raise IntegrityError(
-                f"file {entry.path} does not match its whole-file hash after assembly (inconsistent manifest)", path=entry.path
-            )
 
-    if not entries:
-        return
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(entries))), thread_name_prefix="ckptsync-verify") as pool:
-        for fut in [pool.submit(check, e, fd) for e, fd in zip(entries, sinks, strict=True)]:
-            fut.result()
+    def check(self) -> None:
+        """Every file whole and matching its hash; IntegrityError naming the first that does not."""
+        for i, entry in enumerate(self.entries):
+            if self._cursor[i] != entry.size or self._ahead[i] or self._hashers[i].hexdigest() != entry.hash:
+                raise IntegrityError(
+                    f"file {entry.path} does not match its whole-file hash after assembly (inconsistent manifest)", path=entry.path
+                )
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

@@ -98,7 +98,7 @@ class Repository:
     def put_chunk(self, digest: str, codec_name: str, data: bytes | memoryview) -> None:
         self.store.put(self.chunk_key(digest, codec_name), data)
 
-    def get_chunk(self, ref: fmt.ChunkRef) -> bytes:
+    def get_chunk(self, ref: fmt.ChunkRef) -> bytes | memoryview:
         """Fetch, decode and verify one chunk; IntegrityError if missing or corrupt."""
         key = self.chunk_key(ref.hash, ref.codec)
         try:
