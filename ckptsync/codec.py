@@ -144,35 +144,22 @@ def _probe(raw: bytes | memoryview) -> int | None:
 
 
 def _split(raw: bytes | memoryview, width: int, rotate: bool) -> np.ndarray:
-    """The planes as the rows of a ``(width, count)`` array.
-
-    For widths 2 and 4 the bytes are taken from 16-bit halves by truncating and
-    shifting casts, which numpy runs as contiguous loops; a transposing copy of the
-    byte grid (kept for width 8) strides through memory and costs twice as much.
-    """
+    """The planes as the rows of a ``(width, count)`` array: one transposing copy."""
     count = len(raw) // width
+    grid = np.frombuffer(raw, dtype=np.uint8, count=count * width).reshape(count, width)
     planes = np.empty((width, count), dtype=np.uint8)
-    step = width // 2
-    halves = np.frombuffer(raw, dtype=_U16, count=count * step)
-    low = step - 1 if rotate else step  # the halves taken as they are
-    if width > 4:
-        grid = np.frombuffer(raw, dtype=np.uint8, count=count * width).reshape(count, width)
-        planes[: 2 * low] = grid[:, : 2 * low].T
-    else:
-        shifted = np.empty(count, dtype=_U16)
-        for j in range(low):
-            half = halves[j::step]
-            np.copyto(planes[2 * j], half, casting="unsafe")  # the low byte
-            np.right_shift(half, 8, out=shifted)
-            np.copyto(planes[2 * j + 1], shifted, casting="unsafe")
-    if rotate:
-        # the top 16 bits of each element, as little-endian numbers, rotated left by one bit
-        top = halves[step - 1 :: step]
-        rotated = top << 1
-        rotated |= top >> 15
-        np.copyto(planes[width - 2], rotated, casting="unsafe")  # the low byte
-        rotated >>= 8
-        np.copyto(planes[width - 1], rotated, casting="unsafe")  # the high byte: the exponent of bf16 and fp32
+    if not rotate:
+        planes[...] = grid.T
+        return planes
+    if width > 2:
+        planes[: width - 2] = grid[:, : width - 2].T
+    # the top 16 bits of each element, as little-endian numbers, rotated left by one bit
+    top = np.frombuffer(raw, dtype=_U16, count=count * width // 2)[width // 2 - 1 :: width // 2]
+    rotated = top << 1
+    rotated |= top >> 15
+    np.copyto(planes[width - 2], rotated, casting="unsafe")  # the low byte
+    rotated >>= 8
+    np.copyto(planes[width - 1], rotated, casting="unsafe")  # the high byte: the exponent of bf16 and fp32
     return planes
 
 
