@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from .executor import child_environment
 from .status import DaemonReport
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ class Supervisor:
         previous = {s: signal.signal(s, self._handle) for s in FORWARDED}
         try:
             try:
-                self.child = subprocess.Popen(self.cmd, start_new_session=True, preexec_fn=_die_with_parent)
+                self.child = subprocess.Popen(self.cmd, env=child_environment(), start_new_session=True, preexec_fn=_die_with_parent)
             except OSError as exc:
                 self.daemon.drain(deadline=time.monotonic(), reason="command did not start")
                 self.daemon.wait()

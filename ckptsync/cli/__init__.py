@@ -10,7 +10,11 @@ from __future__ import annotations
 import click
 
 from .._version import __version__
-from . import config, export, listing, mark, prune, push, restore, run, status, verify, watch
+from ..executor import quiet_blas
+
+quiet_blas()  # before any command imports numpy
+
+from . import config, export, listing, mark, prune, push, restore, run, status, verify, watch  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

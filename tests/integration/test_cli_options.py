@@ -30,7 +30,7 @@ from ckptsync.options import SETTINGS, WATCH_TIMINGS
 from ckptsync.repository import Repository
 from ckptsync.status import InFlight, LastCommit, Status
 from ckptsync.store import LocalStore
-from tests.helpers import clean_env, run_cli, start_cli, tree, use_env
+from tests.helpers import clean_env, run_cli, run_python, start_cli, tree, use_env
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 HOSTS = ("node-0", "node-1", "node-2")
@@ -94,6 +94,23 @@ def test_run_with_a_host_outside_hosts_fails_before_the_command(tmp_path: Path) 
     )
     assert p.returncode == 2 and "node-9" in p.stderr and "not among the job's hosts" in p.stderr
     assert not marker.exists()
+
+
+def test_run_gives_its_command_the_environment_without_the_blas_setting_ckptsync_made_for_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ckptsync starts numpy's OpenBLAS with one thread (it makes no BLAS call); the trainer it runs keeps its
+    own threads, and a value the user set reaches both."""
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)  # set in this process by importing ckptsync.cli
+    (tmp_path / "remote").mkdir()
+    probe = "import os; print('BLAS=' + os.environ.get('OPENBLAS_NUM_THREADS', 'unset'))"
+    args = ["run", "--dir", str(tmp_path / "job"), "--remote", f"file://{tmp_path / 'remote'}", "--state-dir", str(tmp_path / "s")]
+    p = run_cli(*args, "--", sys.executable, "-c", probe)
+    assert p.returncode == 0 and "BLAS=unset" in p.stdout, p.stderr
+    p = run_cli(*args, "--", sys.executable, "-c", probe, env={"OPENBLAS_NUM_THREADS": "3"})
+    assert p.returncode == 0 and "BLAS=3" in p.stdout, p.stderr
+    inside = run_python("-c", "import ckptsync.cli, os; print(os.environ['OPENBLAS_NUM_THREADS'])")
+    assert inside.stdout.strip() == "1"
 
 
 # ---------------------------------------------------------------- Syncer takes every option of watch
