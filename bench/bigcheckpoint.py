@@ -39,12 +39,10 @@ change the code under test halfway through.
 from __future__ import annotations
 
 import argparse
-import atexit
 import hashlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import sys
 import time
@@ -522,14 +520,9 @@ def main() -> int:
     if not 1 <= a.reps <= 20:
         ap.error("--reps must be 1..20")
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, runner._on_signal)
-    atexit.register(runner.stop_all)
     t_start = time.time()
     work = a.work.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(work / "logs", ignore_errors=True)
-    env = runner.tool_env(work)
+    env = runner.start_harness(work)
     res: dict = {
         "command": " ".join(["python bench/bigcheckpoint.py", *sys.argv[1:]]),
         "args": {**vars(a), "work": str(a.work), "json": str(a.json) if a.json else None},

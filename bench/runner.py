@@ -245,6 +245,17 @@ class Server:
         shutil.rmtree(self.root / bucket, ignore_errors=True)  # behind the server's back: names are never reused
 
 
+def start_harness(work: Path) -> dict:
+    """For a harness that starts servers and clients: stop them all on exit, error or signal; make
+    ``work`` (its ``logs/`` emptied); return the environment every tool runs in (:func:`tool_env`)."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    atexit.register(stop_all)
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work / "logs", ignore_errors=True)
+    return tool_env(work)
+
+
 def tool_env(work: Path) -> dict:
     env = dict(os.environ)
     env.update(

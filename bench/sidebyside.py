@@ -22,11 +22,9 @@ section ``side-by-side-large`` of docs/BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import shutil
-import signal
 import statistics
 import sys
 import time
@@ -43,7 +41,7 @@ TOOLS_UP = ("ckptsync", "aws", "rclone", "boto3")
 TOOLS_DOWN = ("ckptsync", "aws", "rclone")
 
 
-def run_size(label: str, size: int, reps: int, server: runner.Server, work: Path, env: dict, seed: int) -> dict:
+def run_size(label: str, size: int, reps: int, server: runner.Server, work: Path, env: dict, seed: int, workers: list[int]) -> dict:
     src = work / f"src-{label}"
     t = time.time()
     gen = bigcheckpoint.generate(src, size, seed)
@@ -81,6 +79,7 @@ def run_size(label: str, size: int, reps: int, server: runner.Server, work: Path
                     )
                 finally:
                     server.drop_bucket(bucket)
+        scan = {w: scan_workers(label, w, src, files, server, work, env, timeout) for w in workers}
     finally:
         shutil.rmtree(src, ignore_errors=True)
     gb = raw / 1e9
@@ -97,7 +96,34 @@ def run_size(label: str, size: int, reps: int, server: runner.Server, work: Path
         }
         for tool, ops in rows.items()
     }
-    return {"label": label, "bytes": raw, "files": len(files), "runs": rows, "median": med, "targets": targets(med)}
+    scanned = {w: {op: {"wall": r["wall"], "cpu_per_gb": r["cpu"] / gb} for op, r in ops.items()} for w, ops in scan.items()}
+    return {"label": label, "bytes": raw, "files": len(files), "runs": rows, "median": med, "targets": targets(med), "workers": scanned}
+
+
+def scan_workers(label: str, w: int, src: Path, files: dict, server: runner.Server, work: Path, env: dict, timeout: float) -> dict:
+    """One ckptsync push and restore of ``src`` with ``--workers w``."""
+    bucket = f"side-{label.lower()}-w{w}-{os.getpid()}"
+    server.make_bucket(bucket)
+    dest = work / f"restore-{label}"
+    try:
+        logs = work / "logs" / f"{label}-workers{w}"
+        up = runner.measure(
+            [*runner.upload_cmd("ckptsync", src, bucket, server.url), "--workers", str(w)], logs.with_suffix(".up.log"), env, timeout
+        )
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        cmd = [*runner.download_cmd("ckptsync", bucket, bigcheckpoint.CKPT_NAME, dest, server.url), "--workers", str(w)]
+        down = runner.measure(cmd, logs.with_suffix(".down.log"), env, timeout)
+        ok, detail = bigcheckpoint.verify(dest / bigcheckpoint.CKPT_NAME, files)
+        if not ok:
+            raise RuntimeError(f"ckptsync --workers {w} restored a {label} checkpoint that differs from the source: {detail}")
+        log(
+            f"{label} ckptsync --workers {w}: upload {up['wall']:.1f}s wall {up['cpu']:.1f}s CPU; restore {down['wall']:.1f}s wall {down['cpu']:.1f}s CPU"
+        )
+        return {"up": up, "down": down}
+    finally:
+        server.drop_bucket(bucket)
+        shutil.rmtree(dest, ignore_errors=True)
 
 
 def targets(med: dict) -> list[dict]:
@@ -133,6 +159,15 @@ def table(res: dict) -> str:
                 f"| {s['label']} | {runner.LABEL[tool]} | {up['wall']:.1f} | {up['cpu_per_gb']:.2f} | {up['rss_mb']:.0f} | "
                 f"{up['stored_ratio']:.3f} | {rest} |"
             )
+    if any(s.get("workers") for s in res["sizes"]):
+        L += ["", "ckptsync alone, one run each, by `--workers` (the default is in the table above):", ""]
+        L += ["| size | --workers | upload wall s | upload CPU s/GB | restore wall s | restore CPU s/GB |", "|---|---|---|---|---|---|"]
+        for s in res["sizes"]:
+            for w, ops in s.get("workers", {}).items():
+                up, down = ops["up"], ops["down"]
+                L.append(
+                    f"| {s['label']} | {w} | {up['wall']:.1f} | {up['cpu_per_gb']:.2f} | {down['wall']:.1f} | {down['cpu_per_gb']:.2f} |"
+                )
     L += ["", "| size | target (issue 13) | measured | result |", "|---|---|---|---|"]
     for s in res["sizes"]:
         for t in s["targets"]:
@@ -148,6 +183,7 @@ def main() -> int:
     ap.add_argument("--doc", type=Path, default=None, help="also write the tables as a section of this file (docs/BENCHMARKS.md)")
     ap.add_argument("--work", type=Path, default=runner.HERE / "out" / "sidebyside", help="scratch folder")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers-scan", default="1,2", help="also run ckptsync alone with each of these --workers (default 1,2; '' for none)")
     a = ap.parse_args()
     try:
         sizes = [(x.strip().upper(), parse_size(x.strip())) for x in a.sizes.split(",") if x.strip()]
@@ -155,16 +191,15 @@ def main() -> int:
         ap.error(str(exc))
     if not sizes or not 1 <= a.reps <= 20:
         ap.error("give at least one size and 1..20 repetitions")
+    try:
+        workers = [int(w) for w in a.workers_scan.split(",") if w.strip()]
+    except ValueError:
+        ap.error("--workers-scan: comma-separated numbers")
     if not (runner.BIN / "aws").exists():
         ap.error(f"no aws CLI beside {sys.executable}: run it with bench/.venv/bin/python (bash bench/run.sh makes that venv)")
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, runner._on_signal)
-    atexit.register(runner.stop_all)
     t0 = time.time()
     work = a.work.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(work / "logs", ignore_errors=True)
-    env = runner.tool_env(work)
+    env = runner.start_harness(work)
     res: dict = {
         "command": " ".join(["python bench/sidebyside.py", *sys.argv[1:]]),
         "args": {**vars(a), "work": str(a.work), "json": str(a.json) if a.json else None, "doc": str(a.doc) if a.doc else None},
@@ -177,7 +212,7 @@ def main() -> int:
         server = runner.Server("side", work / "s3", None, work / "logs")
         server.start()
         for label, size in sizes:
-            res["sizes"].append(run_size(label, size, a.reps, server, work, env, a.seed))
+            res["sizes"].append(run_size(label, size, a.reps, server, work, env, a.seed, workers))
     finally:
         runner.stop_all()
         shutil.rmtree(work / "s3", ignore_errors=True)
