@@ -946,7 +946,7 @@ def write_doc(path: Path, res: dict) -> None:
         "- `bench/.venv/bin/python bench/profile_push.py --series full` samples `ckptsync push` and `restore` with py-spy "
         "(install it into bench/.venv first) and groups the samples by cost centre (SHA-256, zstd, byte grouping, signing, HTTP, ...).",
         "- `bench/.venv/bin/python bench/sidebyside.py --sizes 1G,6G --doc docs/BENCHMARKS.md` measures one large checkpoint with every "
-        'tool side by side and writes the section "One large checkpoint, side by side" with issue 13\'s targets.',
+        'tool side by side and writes the section "One large checkpoint, side by side" with the performance targets.',
         "",
     ]
     L += [

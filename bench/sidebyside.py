@@ -13,7 +13,7 @@ command is a separate process measured like bench/runner.py does (wall time, use
 system CPU and peak RSS of its process tree). ckptsync runs with ``--nice 0`` like the
 others, from a snapshot of ckptsync/ taken at the start.
 
-Prints, per size, the medians per tool and the ratios issue 13 sets as targets: upload
+Prints, per size, the medians per tool and the ratios set as performance targets: upload
 client CPU per GB ≤ 0.7 × aws s3 sync, upload wall ≤ 0.8 × aws s3 sync, restore wall and
 client CPU per GB ≤ 1.0 × rclone copy, peak RSS ≤ 200 MB. ``--doc`` writes them as the
 section ``side-by-side-large`` of docs/BENCHMARKS.md.
@@ -168,7 +168,7 @@ def table(res: dict) -> str:
                 L.append(
                     f"| {s['label']} | {w} | {up['wall']:.1f} | {up['cpu_per_gb']:.2f} | {down['wall']:.1f} | {down['cpu_per_gb']:.2f} |"
                 )
-    L += ["", "| size | target (issue 13) | measured | result |", "|---|---|---|---|"]
+    L += ["", "| size | target | measured | result |", "|---|---|---|---|"]
     for s in res["sizes"]:
         for t in s["targets"]:
             L.append(f"| {s['label']} | {t['target']} | {t['measured']:.2f} | {'met' if t['met'] else '**missed**'} |")

@@ -118,7 +118,7 @@ def test_export_onto_a_file_is_a_one_line_error_that_changes_nothing(tmp_path):
     p = run_cli("export", "--remote", f"file://{remote}", "--to", str(model))
     assert p.returncode == 0, p.stderr
     assert tree(model) == {**tree(tmp_path / "src" / "checkpoint-1"), "keep.txt": tree(model / "keep.txt")["keep.txt"]}
-    # Reached only when every check above passed. One figure for the seven defects of issue 12, item 10 (each has its own test).
+    # Reached only when every check above passed. One figure for reliability scenario 30, seven smaller defects (each has its own test).
     record(
         30,
         "smaller defects",

@@ -3,7 +3,7 @@
 Entries the format cannot carry (names not valid UTF-8 or holding a control or format character or a
 backslash), links that dangle, loop or leave the watched folder, unreadable folders and files, and FIFOs
 never make a silent partial commit; one such checkpoint never stops the others; a link leaving --dir is
-followed only with --follow-symlinks (issue 12, items 1, 2 and 5).
+followed only with --follow-symlinks.
 
 As root, whom chmod 000 does not stop, the CLI runs in a child where opening or listing a path named
 ``unreadable*`` fails with EACCES, as it does for any other user after chmod 000.
