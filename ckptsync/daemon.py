@@ -81,9 +81,7 @@ class Daemon:
         self.link = RemoteLink(repo, options, Backoff(watch.retry_initial, watch.retry_max), names=lambda: list_entries(self.folder))
         self._lock = threading.Lock()
         coordinator = self.link.coordinator_done if len(options.hosts) > 1 else None
-        follow = watch.follow_symlinks
-        args = (self.folder, self.tracker, self._lock, state, watch.require_marker, clock, wall, coordinator)
-        self.observer = FolderObserver(*args, follow_symlinks=follow)
+        self.observer = FolderObserver(self.folder, self.tracker, self._lock, state, watch, clock, wall, coordinator)
         self._wake = threading.Event()
         self._cancel = threading.Event()
         self._stopped = threading.Event()
@@ -94,7 +92,9 @@ class Daemon:
         self._watcher = FolderWatcher(self.folder, self._on_change, poll=watch.poll, poll_interval=watch.poll_interval)
         self._spot: SpotNoticePoller | None = None
         done, idle = self._on_outcome, self._wake.set
-        self._worker = UploadWorker(self.folder, self.link, clock, self._cancel, done, idle, options.nice, follow_symlinks=follow)
+        self._worker = UploadWorker(
+            self.folder, self.link, clock, self._cancel, done, idle, options.nice, follow_symlinks=watch.follow_symlinks
+        )
         self._control = threading.Thread(target=self._control_loop, name="ckptsync-control", daemon=True)
 
     @classmethod

@@ -19,6 +19,7 @@ from pathlib import Path
 from . import completion
 from .checkpoint import list_entries, scan_entry, sidecar_marker
 from .errors import CkptsyncError
+from .options import WatchOptions
 from .readiness import ChangeKind, Observation, Tracker
 from .state import State
 
@@ -33,15 +34,14 @@ class FolderObserver:
     tracker: Tracker
     lock: threading.Lock
     state: State | None
-    require_marker: bool
+    #: The daemon's settings this reads: ``require_marker`` and ``follow_symlinks``.
+    watch: WatchOptions
     clock: Callable[[], float]
     wall: Callable[[], float]
     #: In a multi-host job: whether the coordinator's files of a checkpoint are announced on the remote.
     coordinator: Callable[[str], bool] | None = None
     #: Seconds between two questions to the remote about one checkpoint.
     ask_every: float = 2.0
-    #: Follow links leaving the folder (``--follow-symlinks``).
-    follow_symlinks: bool = False
     _answers: dict[str, tuple[float, bool]] = field(default_factory=dict)
     #: Refusals already logged, by entry: each is said once until the entry changes.
     _refusals: dict[str, str] = field(default_factory=dict)
@@ -52,7 +52,7 @@ class FolderObserver:
         names = list_entries(self.folder)
         with self.lock:
             for name in names:
-                self.tracker.discovered(name, last_change(self.folder / name, now, wall, self.follow_symlinks))
+                self.tracker.discovered(name, last_change(self.folder / name, now, wall, self.watch.follow_symlinks))
         return len(names)
 
     def changed(self, name: str, kind: ChangeKind, native: bool) -> bool:
@@ -106,10 +106,10 @@ class FolderObserver:
 
     def observe(self, name: str) -> Observation:
         """Scan one entry. Raises FileNotFoundError if it is gone, OSError if it cannot be read."""
-        ckpt = scan_entry(self.folder / name, root=self.folder, follow_symlinks=self.follow_symlinks)
+        ckpt = scan_entry(self.folder / name, root=self.folder, follow_symlinks=self.watch.follow_symlinks)
         marker = sidecar_marker(self.folder / name) is not None if ckpt.kind == "file" else False
         relpaths = (f.relpath for f in ckpt.files)
-        verdict = completion.assess(ckpt.kind, relpaths, require_marker=self.require_marker, marker_present=marker, name=name)
+        verdict = completion.assess(ckpt.kind, relpaths, require_marker=self.watch.require_marker, marker_present=marker, name=name)
         if not verdict.ready and verdict.coordinator and self._coordinator_done(name):
             verdict = completion.Readiness(True, signal="coordinator")
         return Observation(ckpt, verdict, cached=self.state is not None and self.state.is_committed(ckpt) is not None)

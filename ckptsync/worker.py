@@ -144,8 +144,6 @@ class UploadWorker:
     done: Callable[[Outcome], None]
     idle: Callable[[], None]
     nice: int = 0
-    #: Upload from hard-link snapshots (see :mod:`ckptsync.snapshot`).
-    snapshots: bool = True
     #: Follow links leaving the folder (``--follow-symlinks``).
     follow_symlinks: bool = False
 
@@ -204,11 +202,7 @@ class UploadWorker:
             session = self.link.connect()
             # Scan right before reading: the scan must be current for the post-upload check.
             ckpt = scan_entry(self.folder / e.name, root=self.folder, follow_symlinks=self.follow_symlinks)
-            result = (
-                self._upload_snapshot(session, ckpt)
-                if self.snapshots
-                else session.upload(ckpt, progress=self._progress, cancel=self.cancel)
-            )
+            result = self._upload_snapshot(session, ckpt)
         except FileNotFoundError:
             return Outcome(e, UploadResult(e.name, "vanished", "it was deleted"))
         except snapshot.SnapshotChanged as exc:
