@@ -18,28 +18,25 @@ its start-up. boto3 adds nothing ckptsync uses (its transfer manager, resources)
 on top of botocore's client, so the client comes from botocore directly.
 
 Integrity checks of object bodies, by ``--checksum`` (see :data:`CHECKSUM_MODES`):
-``auto`` sends exactly one check of each uploaded body that the server verifies, a
-CRC32 computed here (about 0.3 CPU-s per GB of stored bytes), and signs requests
-with ``UNSIGNED-PAYLOAD``, over HTTPS and plain HTTP alike: botocore would otherwise
-hash every body with SHA-256 for SigV4 over plain HTTP (twice the CPU of the CRC),
-and add its own CRC32 pass on top over HTTPS. Downloads over plain HTTP ask for the
-stored checksum, except chunks: they are named by the SHA-256 of their content, which
-the reader checks on every read. Over HTTPS, TLS protects the transfer.
+``auto`` sends exactly one check of each uploaded body, the cheaper one the
+transport allows. Over plain HTTP, SigV4 signs the body's SHA-256 anyway (botocore
+always signs the payload there), so a CRC32 on top adds CPU and no protection;
+over HTTPS botocore signs ``UNSIGNED-PAYLOAD``, and the CRC32 is the only end-to-end
+check of the body, so it is sent. Downloads are validated against a stored CRC only
+over plain HTTP: over HTTPS, TLS protects the transfer, and every chunk is checked
+against its SHA-256 by the reader anyway.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import threading
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .. import format as fmt
 from ..errors import AlreadyExists, NoAnswer, NotFound, ObjectTooLarge, StoreError, UsageError
 from ..logs import mask_passwords, register_secret
 from .base import ObjectInfo
@@ -106,19 +103,6 @@ class S3Options:
         return replace(self, connect_timeout=min(self.connect_timeout, cap), read_timeout=min(self.read_timeout, cap))
 
 
-def _crc32(data: bytes | memoryview) -> str:
-    """The CRC32 header value of a body (``--checksum auto``): the server rejects a body that does not
-    match it. Computed here rather than by botocore: one pass, in the calling thread (zlib releases the
-    GIL), and the body stays a buffer sent in one write (botocore would stream it aws-chunked)."""
-    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
-
-
-def _content_addressed(key: str) -> bool:
-    """Whether ``key`` is a chunk object's: named by the SHA-256 of its content, which the reader checks
-    on every read (a CRC check of its body would repeat a stronger one)."""
-    return f"/{fmt.CHUNKS_DIR}/" in f"/{key}" and fmt.parse_chunk_key(key) is not None
-
-
 def _path_style(o: S3Options) -> bool:
     return o.path_style if o.path_style is not None else bool(o.endpoint_url)
 
@@ -144,9 +128,8 @@ class S3Store:
         self.conditional_writes: bool | None = None
         self._lock = threading.Lock()
         self._client_obj: Any = None
-        # --checksum auto, set with the client: every put carries a CRC32 of its body, computed here;
-        # gets over plain HTTP ask for the stored checksum (but for chunks, see get).
-        self._crc_puts = False
+        # Extra parameters of put_object / get_object for --checksum auto, set with the client.
+        self._put_checksum: dict[str, str] = {}
         self._get_checksum: dict[str, str] = {}
 
     # -- client
@@ -184,31 +167,26 @@ class S3Store:
             connect_timeout=o.connect_timeout,
             read_timeout=o.read_timeout,
             max_pool_connections=max(4, o.max_connections),
-            # auto: never SigV4's SHA-256 pass over the body; put sends a CRC32 the server checks instead.
-            s3={
-                "addressing_style": "path" if _path_style(o) else "auto",
-                **({"payload_signing_enabled": False} if o.checksum == "auto" else {}),
-            },
+            s3={"addressing_style": "path" if _path_style(o) else "auto"},
             request_checksum_calculation=botocore_mode,
             response_checksum_validation=botocore_mode,
             user_agent_extra="ckptsync",
         )
         client = session.create_client("s3", endpoint_url=o.endpoint_url or None, config=config)
         if o.checksum == "auto":
-            self._crc_puts = True
-            if not str(client.meta.endpoint_url).lower().startswith("https:"):
+            if str(client.meta.endpoint_url).lower().startswith("https:"):
+                self._put_checksum = {"ChecksumAlgorithm": "CRC32"}
+            else:
                 self._get_checksum = {"ChecksumMode": "ENABLED"}
         return client
 
     def _common(self) -> dict[str, str]:
-        owner = self.options.expected_bucket_owner
-        return {"ExpectedBucketOwner": owner} if owner else {}
+        if self.options.expected_bucket_owner:
+            return {"ExpectedBucketOwner": self.options.expected_bucket_owner}
+        return {}
 
-    def _put_args(self, data: bytes | memoryview) -> dict[str, str]:
-        """Parameters of a PutObject of ``data`` besides the body: its checksum, encryption."""
+    def _put_args(self) -> dict[str, str]:
         args = self._common()
-        if self._crc_puts:
-            args["ChecksumCRC32"] = _crc32(data)
         if self.options.sse:
             args["ServerSideEncryption"] = self.options.sse
         if self.options.sse_kms_key_id:
@@ -219,8 +197,14 @@ class S3Store:
 
     def put(self, key: str, data: bytes | memoryview) -> None:
         try:
-            client = self._client  # first: making the client sets self._crc_puts
-            client.put_object(Bucket=self.bucket, Key=key, Body=_body(data), **self._put_args(data))
+            client = self._client  # first: making the client sets self._put_checksum
+            client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=_body(data),
+                **self._put_checksum,
+                **self._put_args(),
+            )
         except Exception as exc:
             raise self._translate(exc, "put", key) from None
 
@@ -228,15 +212,14 @@ class S3Store:
         # s3transfer does not pass IfNoneMatch: this must be a plain put_object.
         try:
             client = self._client
-            client.put_object(Bucket=self.bucket, Key=key, Body=_body(data), IfNoneMatch="*", **self._put_args(data))
+            client.put_object(Bucket=self.bucket, Key=key, Body=_body(data), IfNoneMatch="*", **self._put_checksum, **self._put_args())
         except Exception as exc:
             raise self._translate(exc, "put", key) from None
 
     def get(self, key: str, *, max_size: int | None = None) -> bytes:
         try:
             client = self._client
-            checked = {} if _content_addressed(key) else self._get_checksum
-            resp = client.get_object(Bucket=self.bucket, Key=key, **checked, **self._common())
+            resp = client.get_object(Bucket=self.bucket, Key=key, **self._get_checksum, **self._common())
             length = resp.get("ContentLength")
             body = resp["Body"]
             try:

@@ -17,11 +17,6 @@ from ckptsync.store import LocalStore, S3Options, S3Store, delete_many
 from tests.helpers import use_env
 
 
-def _bytes_body(request, **_):
-    if isinstance(request.body, bytearray):
-        request.body = bytes(request.body)
-
-
 @pytest.fixture(params=["local", "moto-inprocess", "seaweedfs", "rclone", "moto-server"])
 def store(request, tmp_path, monkeypatch):
     kind = request.param
@@ -38,9 +33,6 @@ def store(request, tmp_path, monkeypatch):
             boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="conformance")
             s = S3Store("conformance")
             s.conditional_writes = True
-            # moto's in-process stub builds a werkzeug request, which takes a bytes body only; over HTTP
-            # (every real server, moto's too) the bytearray S3Store sends is just bytes on the wire.
-            s._client.meta.events.register_first("before-send.s3", _bytes_body)
             yield s
             s.close()
         return
