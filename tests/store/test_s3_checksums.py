@@ -79,8 +79,8 @@ def test_auto_is_the_default() -> None:
 
 
 def test_auto_over_http_signs_the_payload_sha256_and_sends_no_crc() -> None:
-    """Over plain HTTP, SigV4 covers the body's SHA-256: no CRC32 is computed on top."""
-    store, sent = _store("http://127.0.0.1:9")
+    """Over plain HTTP to another machine, SigV4 covers the body's SHA-256: no CRC32 is computed on top."""
+    store, sent = _store("http://s3.example.test:9")
     config = store._client.meta.config
     assert (config.request_checksum_calculation, config.response_checksum_validation) == ("when_required", "when_required")
     store.put("chunks/ab/x.raw", BODY)
@@ -93,7 +93,7 @@ def test_auto_over_http_signs_the_payload_sha256_and_sends_no_crc() -> None:
 
 def test_auto_over_http_validates_downloads_that_carry_a_crc() -> None:
     """The response body is not signed over plain HTTP: a stored CRC is still asked for and checked."""
-    store, sent = _store("http://127.0.0.1:9")
+    store, sent = _store("http://10.0.0.7:9")
     assert store.get("manifests/m.json") == BODY
     assert _headers(sent[-1]).get("x-amz-checksum-mode") == "ENABLED"
 
@@ -114,6 +114,28 @@ def test_auto_over_https_does_not_validate_downloads() -> None:
     store, sent = _store("https://s3.example.test")
     assert store.get("chunks/ab/x.raw") == BODY
     assert "x-amz-checksum-mode" not in _headers(sent[-1])
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:9", "http://localhost:9", "http://[::1]:9", "https://127.0.0.2:9"])
+def test_auto_over_loopback_hashes_nothing_for_the_transfer(endpoint: str) -> None:
+    """A loopback endpoint is no network: no payload SHA-256, no CRC32, no CRC asked for on downloads."""
+    store, sent = _store(endpoint)
+    store.put("chunks/ab/x.raw", BODY)
+    store.put_if_absent("manifests/m.json", BODY)
+    for request in sent:
+        h = _headers(request)
+        assert "UNSIGNED-PAYLOAD" in h["x-amz-content-sha256"]
+        assert not any(k.startswith("x-amz-checksum-") or k in ("x-amz-sdk-checksum-algorithm", "x-amz-trailer") for k in h)
+    assert store.get("chunks/ab/x.raw") == BODY
+    assert "x-amz-checksum-mode" not in _headers(sent[-1])
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:9", "http://s3.example.test:9"])
+def test_when_supported_on_loopback_or_not_still_signs_plain_http_payloads(endpoint: str) -> None:
+    """Only ``auto`` drops the transfer checks on loopback: an explicit mode keeps botocore's rules."""
+    store, sent = _store(endpoint, "when_supported")
+    store.put("chunks/ab/x.raw", BODY)
+    assert _headers(sent[-1])["x-amz-content-sha256"] == hashlib.sha256(BODY).hexdigest()
 
 
 @pytest.mark.parametrize("endpoint", ["http://127.0.0.1:9", "https://s3.example.test"])
