@@ -17,7 +17,6 @@ number of hosts (``all_hosts`` reads every part).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -82,8 +81,9 @@ def _dcp_whole_entries(repo: Repository, lead: Sequence[fmt.FileEntry]) -> set[s
         folder, _, base = f.path.rpartition("/")
         if base != ".metadata" or f.size > dcp.MAX_METADATA_BYTES:
             continue
-        data = b"".join(repo.get_chunk(c.whole())[c.offset : c.offset + c.used] for c in f.chunks)
-        if hashlib.sha256(data).hexdigest() != f.hash:
+        pieces = [repo.get_chunk(c.whole())[c.offset : c.offset + c.used] for c in f.chunks]
+        data = b"".join(pieces)
+        if f.hash_of(pieces) != f.hash:
             raise IntegrityError(f"{f.path} does not match its hash")
         try:
             out.update(f"{folder}/{p}" if folder else p for p in dcp.shared_files(data))

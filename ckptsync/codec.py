@@ -63,10 +63,6 @@ def sha256_hex(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def new_file_hasher() -> hashlib._Hash:
-    return hashlib.sha256()
-
-
 def _compressor() -> zstandard.ZstdCompressor:
     c = getattr(_local, "cctx", None)
     if c is None:

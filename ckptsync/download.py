@@ -25,6 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from . import crashpoints
 from . import format as fmt
@@ -322,9 +323,26 @@ class FileHashes:
         self._ahead: list[dict[int, int]] = [{} for _ in entries]  # offset -> length, landed but not hashed
         self._busy = [False] * len(entries)
         self._lock = threading.Lock()
+        # Files whose hash is a piece digest (format version 6): the hash of each piece, by its
+        # offset in the file, once it landed. A whole chunk's is its name (checked on download).
+        self._pieces: dict[int, dict[int, tuple[int, fmt.ChunkRef]]] = {}
+        self._landed: dict[int, list[str | None]] = {}
+        for i, entry in enumerate(entries):
+            if entry.needs_pieces:
+                at, offset = {}, 0
+                for k, ref in enumerate(entry.chunks):
+                    at[offset] = (k, ref)
+                    offset += ref.used
+                self._pieces[i] = at
+                self._landed[i] = [None] * len(entry.chunks)
 
     def landed(self, file: int, offset: int, data: memoryview) -> None:
         """Bytes ``data`` were written at ``offset`` of file ``file``."""
+        pieces = self._pieces.get(file)
+        if pieces is not None:
+            k, ref = pieces[offset]
+            self._landed[file][k] = hashlib.sha256(data).hexdigest() if ref.is_part else ref.hash
+            return
         with self._lock:
             if self._busy[file] or offset != self._cursor[file]:
                 self._ahead[file][offset] = len(data)
@@ -360,6 +378,13 @@ class FileHashes:
     def check(self) -> None:
         """Every file whole and matching its hash; IntegrityError naming the first that does not."""
         for i, entry in enumerate(self.entries):
+            if i in self._landed:
+                got = self._landed[i]
+                if None in got or fmt.piece_digest(cast(list[str], got)) != entry.hash:
+                    raise IntegrityError(
+                        f"file {entry.path} does not match its hash after assembly (inconsistent manifest)", path=entry.path
+                    )
+                continue
             if self._cursor[i] != entry.size or self._ahead[i] or self._hashers[i].hexdigest() != entry.hash:
                 raise IntegrityError(
                     f"file {entry.path} does not match its whole-file hash after assembly (inconsistent manifest)", path=entry.path
@@ -394,7 +419,7 @@ def probe_local(final: Path, m: fmt.Manifest, umask: int) -> LocalView:
         if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size or st.st_nlink != 1:
             continue  # a hard-linked file may be someone else's: never reuse (or chmod) it
         try:
-            same = _hash_file(path) == entry.hash
+            same = file_hash(path, entry) == entry.hash
         except OSError:  # replaced meanwhile (a link, gone): not reusable
             continue
         if same:
@@ -426,16 +451,24 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
 
 
-def _hash_file(path: Path) -> str:
-    """The file's hash; empty if it is no longer a regular file (never blocks on a FIFO swapped in)."""
-    h = _new_file_hasher()
+def file_hash(path: Path, entry: fmt.FileEntry) -> str:
+    """The file's hash under ``entry``'s rule (its content's, or the digest of the pieces its chunk
+    entries cut); empty if it is no longer a regular file (never blocks on a FIFO swapped in)."""
+    lengths = [c.used for c in entry.chunks] if entry.needs_pieces else [entry.size]
+    piece_hashes = []
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     with open(fd, "rb", buffering=0) as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return ""
-        while block := f.read(_READ_BLOCK):
-            h.update(block)
-    return h.hexdigest()
+        for length in lengths:
+            h = _new_file_hasher()
+            while length > 0 and (block := f.read(min(_READ_BLOCK, length))):
+                h.update(block)
+                length -= len(block)
+            piece_hashes.append(h.hexdigest())
+        if f.read(1):
+            return ""  # longer than the entry says: grown since it was measured
+    return fmt.piece_digest(piece_hashes) if entry.needs_pieces else piece_hashes[0]
 
 
 def _link_or_copy(src: Path, dst: Path) -> bool:

@@ -9,25 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import secrets
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, cast
 from urllib.parse import quote, unquote
 
 from .errors import FormatError, NewerFormatError
+from .jsonfields import field_of, finite_float, format_time, is_int, json_number, parse_time, reject_constant, unique_keys
 
 FORMAT_NAME = "ckptsync.manifest"
 HINT_NAME = "ckptsync.hint"
 #: The newest version this code reads. Writers use the lowest version that can
 #: express a manifest (version 2: ``hosts``; version 3: byte-grouped codecs;
 #: version 4: chunk parts, several small files packed into one chunk; version 5:
-#: ``group``, the parts and seal of a multi-host checkpoint).
-FORMAT_VERSION = 5
+#: ``group``, the parts and seal of a multi-host checkpoint; version 6: the hash of a
+#: file of several chunk entries is taken over its pieces' hashes, :func:`piece_digest`).
+FORMAT_VERSION = 6
 HASH_ALGORITHM = "sha256"
 CODECS = ("raw", "zstd", "bg2", "bg4", "bg8", "bgr2", "bgr4", "bgr8")
 #: Codecs a manifest of each version may use (byte grouping needs version 3, rotated byte grouping 4).
@@ -57,6 +58,12 @@ Kind = Literal["dir", "file"]
 PARTS_SINCE = 4
 #: The format version that introduced ``group``: multi-host parts and seals.
 GROUP_SINCE = 5
+#: The format version that introduced piece digests: a file's ``hash`` over its pieces' hashes.
+PIECES_SINCE = 6
+#: What a piece digest hashes before its pieces' hashes, so that it is never the hash of
+#: the pieces' hashes as a file's content.
+PIECES_PREFIX = b"ckptsync.pieces\n"
+EMPTY_HASH = hashlib.sha256(b"").hexdigest()
 #: Most hosts a group may have.
 MAX_GROUP_HOSTS = 1 << 20
 
@@ -130,15 +137,51 @@ class ChunkRef:
         return doc
 
 
+def piece_digest(piece_hashes: Sequence[str]) -> str:
+    """A file's hash in format version 6, from the SHA-256 (hex) of each of its pieces, in order.
+
+    A piece is what one chunk entry contributes to the file: the whole chunk (its hash
+    is the chunk's name) or a part's range. A file of no piece or one piece has the
+    SHA-256 of its content, as in every version; a file of several pieces has
+    ``SHA-256(PIECES_PREFIX || d1 || d2 || ...)`` over the pieces' 32-byte hashes, so that
+    neither writer nor reader hashes the content of a multi-chunk file a second time.
+    """
+    if not piece_hashes:
+        return EMPTY_HASH
+    if len(piece_hashes) == 1:
+        return piece_hashes[0]
+    return hashlib.sha256(PIECES_PREFIX + b"".join(bytes.fromhex(h) for h in piece_hashes)).hexdigest()
+
+
 @dataclass(frozen=True)
 class FileEntry:
-    """One regular file of a checkpoint, relative to the checkpoint's root."""
+    """One regular file of a checkpoint, relative to the checkpoint's root.
+
+    ``pieces``: ``hash`` is the :func:`piece_digest` of the file's pieces (format
+    version 6), not the SHA-256 of its content. The two are the same for a file of
+    at most one chunk entry.
+    """
 
     path: str
     size: int
     mode: int
     hash: str
     chunks: tuple[ChunkRef, ...]
+    pieces: bool = False
+
+    @property
+    def needs_pieces(self) -> bool:
+        """Whether the hash is a piece digest that differs from the content hash: format version 6."""
+        return self.pieces and len(self.chunks) > 1
+
+    def hash_of(self, pieces: Iterable[bytes | memoryview]) -> str:
+        """The hash of content given as the bytes of each piece, in order, under this entry's rule."""
+        if self.needs_pieces:
+            return piece_digest([hashlib.sha256(p).hexdigest() for p in pieces])
+        h = hashlib.sha256()
+        for p in pieces:
+            h.update(p)
+        return h.hexdigest()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -174,7 +217,8 @@ class Manifest:
         """The lowest format version that can express this manifest."""
         codecs = max((CODECS_SINCE[c.codec] for f in self.files for c in f.chunks), default=1)
         parts = PARTS_SINCE if any(c.is_part for f in self.files for c in f.chunks) else 1
-        return max(codecs, parts, 2 if self.hosts else 1, GROUP_SINCE if self.group else 1)
+        pieces = PIECES_SINCE if any(f.needs_pieces for f in self.files) else 1
+        return max(codecs, parts, pieces, 2 if self.hosts else 1, GROUP_SINCE if self.group else 1)
 
     @property
     def is_seal(self) -> bool:
@@ -400,7 +444,7 @@ def _decode_document(doc: dict[str, Any], version: int) -> Manifest:
     commit = field_of(doc, "commit", str)
     if not COMMIT_ID.match(commit):
         raise FormatError(f"commit id {commit[:80]!r} is malformed")
-    files = tuple(_decode_file(f) for f in field_of(doc, "files", list))
+    files = tuple(_decode_file(f, version >= PIECES_SINCE) for f in field_of(doc, "files", list))
     _check_versions(files, version)
     group = _decode_group(doc["group"], host) if version >= GROUP_SINCE and "group" in doc else None
     if group is not None and group.role == "seal":
@@ -446,7 +490,7 @@ def decode_metrics(doc: dict[Any, Any]) -> dict[str, float | None]:
             raise FormatError("metric name is not a short string")
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise FormatError(f"metric {k!r} is not a number")
-        metrics[k] = _finite_float(v)
+        metrics[k] = finite_float(v)
     return metrics
 
 
@@ -471,7 +515,7 @@ def _decode_hosts(doc: dict[str, Any], host: str) -> tuple[str, ...]:
     return tuple(sorted(hosts))
 
 
-def _decode_file(doc: Any) -> FileEntry:
+def _decode_file(doc: Any, pieces: bool) -> FileEntry:
     if not isinstance(doc, dict):
         raise FormatError("file entry is not an object")
     path = check_relpath(field_of(doc, "path", str))
@@ -506,7 +550,12 @@ def _decode_file(doc: Any) -> FileEntry:
         chunks.append(ref)
     if sum(c.used for c in chunks) != size:
         raise FormatError(f"{path}: chunk sizes do not add up to the file size")
-    return FileEntry(path, size, mode, digest, tuple(chunks))
+    entry = FileEntry(path, size, mode, digest, tuple(chunks), pieces)
+    # A piece digest over whole chunks is known from the entry alone: check it here. One with
+    # parts (or a content hash) can be checked only against the bytes, when restoring.
+    if pieces and not any(c.is_part for c in chunks) and digest != piece_digest([c.hash for c in chunks]):
+        raise FormatError(f"{path}: hash is not the digest of its chunks' hashes")
+    return entry
 
 
 def _check_file_set(name: str, kind: str, files: tuple[FileEntry, ...]) -> None:
@@ -524,67 +573,3 @@ def _check_file_set(name: str, kind: str, files: tuple[FileEntry, ...]) -> None:
         for i in range(1, len(parts)):
             if "/".join(parts[:i]) in paths:
                 raise FormatError(f"path {f.path!r} lies under another file of the checkpoint")
-
-
-def field_of(doc: Mapping[str, Any], key: str, typ: type) -> Any:
-    value = doc.get(key)
-    if typ is int:
-        ok = is_int(value)
-    else:
-        ok = isinstance(value, typ)
-    if not ok:
-        raise FormatError(f"field {key!r} is missing or not a {typ.__name__}")
-    return value
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k[:40]!r}")
-        out[k] = v
-    return out
-
-
-def reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(v: Any) -> float | None:
-    """A finite float, or None for null, NaN, infinities and integers too large for a float."""
-    if v is None:
-        return None
-    try:
-        f = float(v)
-    except OverflowError:
-        return None
-    return f if math.isfinite(f) else None
-
-
-def json_number(v: float | None) -> float | None:
-    return v if v is not None and math.isfinite(v) else None
-
-
-# ---------------------------------------------------------------- time
-
-
-def format_time(t: datetime) -> str:
-    """RFC 3339 UTC with microseconds, e.g. 2026-11-26T13:02:22.123456Z."""
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_time(s: str) -> datetime:
-    try:
-        t = datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        raise FormatError(f"time {s[:40]!r} is not RFC 3339") from None
-    if t.tzinfo is None:
-        raise FormatError(f"time {s[:40]!r} has no time zone")
-    try:
-        return t.astimezone(timezone.utc)
-    except OverflowError:
-        raise FormatError(f"time {s[:40]!r} is out of range") from None

@@ -194,7 +194,7 @@ class Uploader:
             for i in large:
                 if run.stopped:
                     break
-                run.hashes[i] = self._read_file(run, ckpt.files[i], run.refs[i])
+                self._read_file(run, ckpt.files[i], run.refs[i])
         finally:
             pack.drop()
             # Never return while workers still run on our buffers: wait for every chunk.
@@ -206,10 +206,12 @@ class Uploader:
                 raise exc
         if run.cancel.is_set():
             raise Cancelled()
-        return [
-            fmt.FileEntry(f.relpath, f.size, f.mode, digest, tuple(ref.result() for ref in refs))
-            for f, refs, digest in zip(ckpt.files, run.refs, run.hashes, strict=True)
-        ]
+        entries = []
+        for f, refs, digest in zip(ckpt.files, run.refs, run.hashes, strict=True):
+            chunks = tuple(ref.result() for ref in refs)
+            # A small file was hashed whole (its one piece); a large one's pieces are whole chunks.
+            entries.append(fmt.FileEntry(f.relpath, f.size, f.mode, digest or fmt.piece_digest([c.hash for c in chunks]), chunks, True))
+        return entries
 
     def learn(self, manifests: Iterable[fmt.Manifest]) -> None:
         """Remember where committed small files sit inside packs (see :class:`PartIndex`)."""
@@ -259,23 +261,21 @@ class Uploader:
 
     # -- large files
 
-    def _read_file(self, run: _Run, f: LocalFile, refs: list[_Ref]) -> str:
-        """Read one file in order, hand its chunks to the workers; return its hash."""
+    def _read_file(self, run: _Run, f: LocalFile, refs: list[_Ref]) -> None:
+        """Read one file in order and hand its chunks to the workers. Its hash is the digest of
+        their hashes (format version 6): the content is hashed once, by the workers."""
         fd = self._open(run.ckpt, f)
-        hasher = codec.new_file_hasher()
         try:
             for span in self._plan(fd, f):
                 if run.stopped:
                     break
                 with self.executor.reserve(span.length) as hold:
                     data = _pread(fd, f, span.offset, span.length)
-                    hasher.update(data)
                     fut = self.executor.submit(self._store_chunk, data, span.width, run.stats, hold=hold)
                 fut.add_done_callback(functools.partial(run.chunk_done, n=span.length))
                 refs.append(fut)
         finally:
             os.close(fd)
-        return hasher.hexdigest()
 
     def _plan(self, fd: int, f: LocalFile) -> list[Span]:
         """Tensor-aligned spans for a safetensors file, fixed ones for anything else."""

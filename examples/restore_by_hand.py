@@ -1,4 +1,4 @@
-"""Restore the newest checkpoint of an s3:// ckptsync remote (format versions 1 to 5), without ckptsync.
+"""Restore the newest checkpoint of an s3:// ckptsync remote (format versions 1 to 6), without ckptsync.
 
     python examples/restore_by_hand.py s3://bucket/prefix /path/to/target [host]
 
@@ -9,13 +9,13 @@ checkpoint. Credentials, region and endpoint come from the usual boto3 configura
 S3-compatible server, set ``AWS_ENDPOINT_URL``).
 
 It applies the latest order (FORMAT 6), the version rules (5.8: it stops with an error that names the
-version on a remote that holds a manifest of version 6 or later, rather than restore an older
+version on a remote that holds a manifest of version 7 or later, rather than restore an older
 checkpoint), the key checks (5.7), the grouping and completeness of multi-host checkpoints (7.3,
 and the seals of version 5, 7.5), the choice of this host's part (7.4: the host given as the third
 argument, else ``SM_CURRENT_HOST``, else the machine's host name; an error when that host has no
 part) with, in version 5, the lead's files that are not one rank's, the path rules that matter for
-safety, the chunk checks of every codec (4.3 to 4.5), the ranges of chunk parts (5.5), the whole-file
-check, and staged placement (R3). Its staging folder is named as ckptsync names its own (2.4), so a
+safety, the chunk checks of every codec (4.3 to 4.5), the ranges of chunk parts (5.5), the file hash
+check (5.4: the content's SHA-256, or from version 6 the piece digest of a file of several pieces), and staged placement (R3). Its staging folder is named as ckptsync names its own (2.4), so a
 ckptsync restore into the same target folder on another machine leaves it alone.
 
 It does not apply every rule of the reader checklist (5.9), does not fall back to an older checkpoint
@@ -47,7 +47,7 @@ import boto3
 import numpy
 import zstandard
 
-READS = 5  # the newest format version this program reads
+READS = 6  # the newest format version this program reads
 RANK_FILES = ("*.distcp", "*zero_pp_rank_*", "rng_state_*.pth", "rng_state_*.pt")  # one rank's files (FORMAT 7.5)
 MAX_MANIFEST = 64 << 20
 CODEC_SINCE = {"raw": 1, "zstd": 1, "bg2": 3, "bg4": 3, "bg8": 3, "bgr2": 4, "bgr4": 4, "bgr8": 4}
@@ -214,7 +214,7 @@ def assemble(s3, bucket, base, seal, host):
             in_the_way = any("/".join(parents[:i]) in mine for i in range(1, len(parents)))
             if f["path"] not in mine and not in_the_way and not any(fnmatch.fnmatchcase(base_name, p) for p in RANK_FILES):
                 if not any(p.startswith(f["path"] + "/") for p in mine):
-                    own["files"].append(f)
+                    own["files"].append(dict(f, version=lead["version"]))  # its hash follows the lead's version
     return own
 
 
@@ -246,7 +246,9 @@ def restore_latest(bucket, prefix, dest, s3=None, host=None):
                 raise ValueError(f"unsafe path {f['path']!r}")
             path = built if kind == "file" else os.path.join(built, *parts)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            whole, written = hashlib.sha256(), 0
+            # FORMAT 5.4: from version 6, a file of several pieces is hashed over its pieces' hashes
+            by_pieces = f.get("version", m["version"]) >= 6 and len(f["chunks"]) > 1
+            whole, pieces, written = hashlib.sha256(), [], 0
             with open(path, "xb") as out:
                 for ref in f["chunks"]:
                     if ref["hash"] != last[0]:  # the small files of a pack share its chunk
@@ -258,11 +260,13 @@ def restore_latest(bucket, prefix, dest, s3=None, host=None):
                         raise ValueError(f"{f['path']}: a chunk part lies outside its chunk")
                     piece = raw[start : start + length]
                     whole.update(piece)
+                    pieces.append(hashlib.sha256(piece).digest())
                     written += out.write(piece)
                 out.flush()
                 os.fsync(out.fileno())
-            if written != f["size"] or whole.hexdigest() != f["hash"]:
-                raise ValueError(f"{f['path']}: does not match its whole-file hash")
+            digest = hashlib.sha256(b"ckptsync.pieces\n" + b"".join(pieces)) if by_pieces else whole
+            if written != f["size"] or digest.hexdigest() != f["hash"]:
+                raise ValueError(f"{f['path']}: does not match its hash")
             os.chmod(path, f["mode"] & 0o1777)
         final = os.path.join(dest, name)
         if os.path.lexists(final):

@@ -63,3 +63,56 @@ def test_a_gap_left_by_the_plan_is_refused(tmp_path):
     hashes = _land(tmp_path, data, [(0, 40_000), (60_000, 40_000)], hashlib.sha256(data).hexdigest())
     with pytest.raises(IntegrityError):
         hashes.check()
+
+
+# ---------------------------------------------------------------- piece digests (format version 6)
+
+
+def _piece_entry(data: bytes, cuts: list[int], parts: set[int]) -> fmt.FileEntry:
+    """A version-6 entry for ``data`` cut at ``cuts``: the pieces in ``parts`` are parts of a larger chunk."""
+    bounds = list(zip([0, *cuts], [*cuts, len(data)], strict=True))
+    refs = []
+    for k, (a, b) in enumerate(bounds):
+        digest = hashlib.sha256(data[a:b]).hexdigest()
+        if k in parts:  # a part of a chunk that holds 7 bytes before and after it; the chunk's name is not the piece's hash
+            refs.append(fmt.ChunkRef("ab" * 32, b - a + 14, b - a + 14, "raw", 7, b - a))
+        else:
+            refs.append(fmt.ChunkRef(digest, b - a, b - a, "raw"))
+    digest = fmt.piece_digest([hashlib.sha256(data[a:b]).hexdigest() for a, b in bounds])
+    return fmt.FileEntry("f", len(data), 0o644, digest, tuple(refs), pieces=True)
+
+
+def _land_pieces(tmp_path: Path, entry: fmt.FileEntry, data: bytes, skip: int | None = None) -> FileHashes:
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, len(data))
+    hashes = FileHashes((entry,), [fd])
+    offset = 0
+    for k, ref in enumerate(entry.chunks):
+        if k != skip:
+            os.pwrite(fd, data[offset : offset + ref.used], offset)
+            hashes.landed(0, offset, memoryview(data)[offset : offset + ref.used])
+        offset += ref.used
+    os.close(fd)
+    return hashes
+
+
+def test_a_file_of_several_pieces_is_checked_by_its_piece_digest_without_hashing_whole_chunks_again(tmp_path):
+    data = os.urandom(300_000)
+    entry = _piece_entry(data, [100_000, 200_000], parts={1})
+    assert entry.needs_pieces and entry.hash != hashlib.sha256(data).hexdigest()
+    _land_pieces(tmp_path, entry, data).check()
+
+
+def test_a_part_whose_bytes_differ_from_the_digest_is_refused(tmp_path):
+    data = os.urandom(300_000)
+    entry = _piece_entry(data, [100_000, 200_000], parts={1})
+    other = data[:150_000] + b"x" + data[150_001:]  # the part's bytes (the chunk's name is not checked here)
+    with pytest.raises(IntegrityError, match="does not match its hash"):
+        _land_pieces(tmp_path, entry, other).check()
+
+
+def test_a_piece_that_never_landed_is_refused(tmp_path):
+    data = os.urandom(300_000)
+    entry = _piece_entry(data, [100_000, 200_000], parts=set())
+    with pytest.raises(IntegrityError, match="does not match its hash"):
+        _land_pieces(tmp_path, entry, data, skip=2).check()

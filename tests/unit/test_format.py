@@ -1,5 +1,7 @@
 """Manifests: encode/decode round trip and rejection of hostile documents."""
 
+import dataclasses
+import hashlib
 import json
 from datetime import datetime, timezone
 
@@ -163,3 +165,41 @@ def test_chunk_key_layout():
     assert key == f"pre/chunks/ab/{H}.zstd"
     assert fmt.parse_chunk_key(key) == (H, "zstd")
     assert fmt.parse_chunk_key("pre/chunks/ab/nothex.zstd") is None
+
+
+# ---------------------------------------------------------------- piece digests (format version 6)
+
+
+def test_the_piece_digest_is_the_content_hash_for_at_most_one_piece_and_a_prefixed_hash_over_several() -> None:
+    a, b = hashlib.sha256(b"a").hexdigest(), hashlib.sha256(b"b").hexdigest()
+    assert fmt.piece_digest([]) == hashlib.sha256(b"").hexdigest()
+    assert fmt.piece_digest([a]) == a
+    assert fmt.piece_digest([a, b]) == hashlib.sha256(b"ckptsync.pieces\n" + bytes.fromhex(a) + bytes.fromhex(b)).hexdigest()
+    assert fmt.piece_digest([a, b]) != fmt.piece_digest([b, a])
+
+
+def _two_chunk_manifest(pieces: bool) -> fmt.Manifest:
+    data = [b"x" * 10, b"y" * 5]
+    refs = tuple(fmt.ChunkRef(hashlib.sha256(d).hexdigest(), len(d), len(d), "raw") for d in data)
+    digest = fmt.piece_digest([r.hash for r in refs]) if pieces else hashlib.sha256(b"".join(data)).hexdigest()
+    created = datetime(2026, 12, 3, tzinfo=timezone.utc)
+    entry = fmt.FileEntry("w.bin", 15, 0o644, digest, refs, pieces)
+    return fmt.Manifest("ck-1", "dir", 1, {}, created, "h", fmt.new_commit_id(created, "h"), (entry,))
+
+
+def test_piece_digests_need_version_6_only_for_a_file_of_several_chunks() -> None:
+    m = _two_chunk_manifest(pieces=True)
+    assert m.version == 6
+    assert fmt.decode_manifest(fmt.encode_manifest(m)).files == m.files
+    one = dataclasses.replace(m.files[0], size=10, chunks=m.files[0].chunks[:1], hash=m.files[0].chunks[0].hash)
+    assert dataclasses.replace(m, files=(one,)).version == 1  # one piece: the content hash, as in version 1
+    assert _two_chunk_manifest(pieces=False).version == 1
+
+
+def test_a_version_6_file_of_whole_chunks_whose_hash_is_not_their_digest_is_invalid() -> None:
+    doc = json.loads(fmt.encode_manifest(_two_chunk_manifest(pieces=True)))
+    doc["files"][0]["hash"] = hashlib.sha256(b"x" * 10 + b"y" * 5).hexdigest()  # the content hash: version 5's rule
+    with pytest.raises(FormatError, match="digest of its chunks"):
+        fmt.decode_manifest(json.dumps(doc).encode())
+    doc["version"] = 5  # the same hash is right under version 5
+    assert fmt.decode_manifest(json.dumps(doc).encode()).files[0].pieces is False
