@@ -5,6 +5,7 @@ The public Python API::
     import ckptsync
     ckptsync.push("/opt/ml/checkpoints", "s3://bucket/run-1")
     result = ckptsync.restore("s3://bucket/run-1", "/opt/ml/checkpoints", select="best", metric="eval_loss")
+    ckptsync.wait("/opt/ml/checkpoints", "s3://bucket/run-1", name="checkpoint-40", timeout=60)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .api import list_checkpoints, open_repository, prune, push, restore, verify
+from .api import list_checkpoints, open_repository, prune, push, restore, verify, wait
 from .errors import CkptsyncError, IntegrityError, NothingToRestore, StoreError, UsageError
 from .marker import mark
 from .options import Options
@@ -45,6 +46,7 @@ __all__ = [
     "list_checkpoints",
     "verify",
     "prune",
+    "wait",
     "mark",
     "Syncer",
     "open_repository",

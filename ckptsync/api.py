@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .policy import Selection
     from .session import UploadResult
     from .verification import CheckpointReport
+    from .waiting import WaitResult
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def _push(
     follow_symlinks: bool = False,
 ) -> PushReport:
     from .checkpoint import scan_folder, shown
-    from .session import RemoteSession, describe
+    from .session import RemoteSession, describe, log_metric_line
 
     report = PushReport()
     ckpts = []
@@ -140,6 +141,7 @@ def _push(
                 log.debug("%s", err.message)
                 continue
             log.log(logging.WARNING if result.status == "changed" else logging.INFO, "%s", describe(result))
+            log_metric_line(result)
             report.results.append(result)
         session.seal_ready(last_look=True)
     return report
@@ -183,6 +185,38 @@ def restore(
             hosts=opts.hosts,
             all_hosts=all_hosts,
         )
+
+
+def wait(
+    dir: str | Path,
+    remote: str,
+    options: Options | None = None,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    state_dir: str | Path | None = None,
+    poll: float = 1.0,
+    wrap: StoreWrapper | None = None,
+) -> WaitResult:
+    """Block until checkpoint ``name`` of ``dir`` (default: the newest there) is committed on ``remote``
+    with the content that is on disk, or ``timeout`` seconds pass (None: no limit).
+
+    Works beside a ``ckptsync watch`` of the same ``dir`` and ``remote`` (its state folder,
+    ``state_dir`` if it was given one, tells why the checkpoint is pending) and without
+    one (after a ``push`` elsewhere). Returns a :class:`~ckptsync.waiting.WaitResult`:
+    ``committed`` with the commit id and step, or the reason it is still pending.
+    """
+    from .checkpoint import check_folder
+    from .state import State, default_state_dir, read_status
+    from .waiting import wait as _wait
+
+    opts = options or default_options("wait")
+    folder = check_folder(Path(dir)).absolute()
+    sdir = Path(state_dir) if state_dir is not None else default_state_dir(folder, remote)
+    state = State(sdir) if sdir.is_dir() else None
+    host = opts.host if opts.hosts else None
+    with open_repository(remote, opts, wrap=wrap) as repo:
+        return _wait(folder, repo, name=name, timeout=timeout, poll=poll, state=state, status=lambda: read_status(sdir), host=host)
 
 
 def list_checkpoints(
@@ -238,4 +272,15 @@ def prune(
         return _prune(repo, rules, grace=grace, dry_run=dry_run, host=opts.host or "")
 
 
-__all__ = ["push", "restore", "list_checkpoints", "verify", "prune", "open_repository", "PushReport", "PushFailure", "CkptsyncError"]
+__all__ = [
+    "push",
+    "restore",
+    "wait",
+    "list_checkpoints",
+    "verify",
+    "prune",
+    "open_repository",
+    "PushReport",
+    "PushFailure",
+    "CkptsyncError",
+]

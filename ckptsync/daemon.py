@@ -30,6 +30,7 @@ from .api import open_repository
 from .backoff import Backoff
 from .checkpoint import LocalCheckpoint, check_folder, list_entries
 from .executor import lower_priority
+from .exporter import MetricsServer, NoMetrics, serve_metrics
 from .format import format_time
 from .notify import sd_notify, watchdog_period
 from .observer import FolderObserver
@@ -91,6 +92,7 @@ class Daemon:
         self._phase: Phase = "starting"
         self._watcher = FolderWatcher(self.folder, self._on_change, poll=watch.poll, poll_interval=watch.poll_interval)
         self._spot: SpotNoticePoller | None = None
+        self._metrics: MetricsServer | NoMetrics = NoMetrics()
         done, idle = self._on_outcome, self._wake.set
         self._worker = UploadWorker(
             self.folder, self.link, clock, self._cancel, done, idle, options.nice, follow_symlinks=watch.follow_symlinks
@@ -116,7 +118,12 @@ class Daemon:
 
     def start(self) -> None:
         """Connect to the remote, start watching and uploading. Raises on errors that cannot heal."""
-        self.link.try_connect(self.clock())
+        self._metrics = serve_metrics(self, self.watch.metrics_addr)  # first: a port in use fails before anything runs
+        try:
+            self.link.try_connect(self.clock())
+        except BaseException:
+            self._metrics.close()
+            raise
         snapshot.remove_stale(self.folder)
         mode = self._watcher.start()
         found = self.observer.discover()
@@ -256,7 +263,7 @@ class Daemon:
             message = outcome.error or "unknown error"
             with self._lock:
                 delay = self.tracker.failed(e, message, self.clock())
-                self.journal.failed(e.name, message, self._timestamp())
+                self.journal.failed(e.name, message, self._timestamp(), outcome.kind or "other")
             log.warning("upload of %s failed (%s); retrying in %.0fs", e.name, message, delay)
             return
         self._record(e, result)
@@ -268,9 +275,10 @@ class Daemon:
         """Move the entry on, and count a new commit."""
         with self._lock:
             self.tracker.uploaded(e, result.status, result.reason, self.clock())
+            self.journal.uploaded(result.status, result.stats.seconds)
             if result.status == "committed" and result.manifest is not None:
                 m, st = result.manifest, result.stats
-                self.journal.committed(e.name, m.commit, m.step, st.uploaded_bytes, st.raw_bytes, self._timestamp())
+                self.journal.committed(e.name, m.commit, m.step, st.uploaded_bytes, st.raw_bytes, self._timestamp(), self.wall())
 
     def _after_commit(self, ckpt: LocalCheckpoint, result: UploadResult) -> None:
         """Remember the commit locally, tell the hook, apply retention."""
@@ -338,10 +346,12 @@ class Daemon:
         with self._lock:
             self.report.unsynced = self.tracker.unsynced()
             self.report.seconds = self.clock() - self._started
+            self.journal.drain_unsynced = len(self.report.unsynced)
             self._phase = "stopped"
         self._write_status()
         for name, reason in self.report.unsynced:
             log.warning("not synced: %s (%s)", name, reason)
+        self._metrics.close()
         self._stopped.set()
 
 

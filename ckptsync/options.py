@@ -108,6 +108,8 @@ class WatchOptions:
     spot_notice: bool = False
     imds_endpoint: str = DEFAULT_IMDS_ENDPOINT
     spot_interval: float = 5.0
+    #: Serve Prometheus metrics here (``--metrics-addr``): ``HOST:PORT``, or ``PORT`` on loopback.
+    metrics_addr: str | None = None
     retention: Retention = field(default_factory=Retention)
     grace: timedelta = DEFAULT_GRACE
     #: Timings with no flag (tests and ``Syncer`` may set them): the control loop's period,
@@ -356,8 +358,15 @@ SETTINGS: dict[str, Setting] = _settings(
     Setting("spot_notice", parse_bool, False, "Poll EC2 instance metadata for a spot interruption notice and sync at once.", flag=True),
     Setting("imds_endpoint", text, DEFAULT_IMDS_ENDPOINT, "Instance metadata endpoint for --spot-notice.", "URL"),
     Setting("spot_interval", number(0.1), 5.0, "Seconds between spot notice polls.", "SECONDS"),
+    Setting(
+        "metrics_addr",
+        text,
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics (a PORT alone listens on 127.0.0.1).",
+        metavar="HOST:PORT",
+    ),
     # -- output
     Setting("json", parse_bool, False, "Print JSON.", flag=True),
+    Setting("timeout", number(0), help="Give up after this many seconds (exit 1); default: no limit.", metavar="SECONDS"),
     Setting("deep", parse_bool, False, "Download every chunk and check its hash.", flag=True),
     Setting("sort", text, "step", "Order: by step (newest first), commit time, or a metric (best first).", "step|created|METRIC"),
 )
@@ -395,6 +404,7 @@ WATCH = (
     "spot_notice",
     "imds_endpoint",
     "spot_interval",
+    "metrics_addr",
     "state_dir",
 )
 #: What ``ckptsync.Syncer`` accepts (those of ``ckptsync watch``).

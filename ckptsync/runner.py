@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -36,8 +36,10 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 class Supervisor:
     """Runs one child command beside a daemon."""
 
-    def __init__(self, cmd: Sequence[str], daemon: Daemon, *, drain_timeout: float) -> None:
+    def __init__(self, cmd: Sequence[str], daemon: Daemon, *, drain_timeout: float, env: Mapping[str, str] | None = None) -> None:
         self.cmd = list(cmd)
+        #: Variables the child gets on top of this process's environment (what it needs to find the sidecar).
+        self.env = dict(env or {})
         self.daemon = daemon
         self.drain_timeout = drain_timeout
         self.child: subprocess.Popen[bytes] | None = None
@@ -68,7 +70,9 @@ class Supervisor:
         previous = {s: signal.signal(s, self._handle) for s in FORWARDED}
         try:
             try:
-                self.child = subprocess.Popen(self.cmd, env=child_environment(), start_new_session=True, preexec_fn=_die_with_parent)
+                self.child = subprocess.Popen(
+                    self.cmd, env={**child_environment(), **self.env}, start_new_session=True, preexec_fn=_die_with_parent
+                )
             except OSError as exc:
                 self.daemon.drain(deadline=time.monotonic(), reason="command did not start")
                 self.daemon.wait()

@@ -345,6 +345,14 @@ def log_result(result: UploadResult) -> None:
             "seconds": round(st.seconds, 3),
         }
         log.info("%s", describe(result), extra={"fields": fields})
+        log_metric_line(result)
+
+
+def log_metric_line(result: UploadResult) -> None:
+    """For a commit with a step, one line with fixed keys and plain numbers, for log scrapers such as
+    SageMaker's ``metric_definitions`` (docs/INTEGRATIONS.md)."""
+    if result.status == "committed" and result.manifest is not None and result.manifest.step is not None:
+        log.info("metrics: ckptsync_committed_step=%d ckptsync_upload_seconds=%.3f", result.manifest.step, result.stats.seconds)
 
 
 def describe(result: UploadResult) -> str:

@@ -8,6 +8,7 @@ what the daemon did, logged at exit and written as SageMaker's sync report.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -104,8 +105,13 @@ class DaemonReport:
         }
 
 
+#: Upper bounds, in seconds, of the buckets counting upload durations (the last one is every upload).
+UPLOAD_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, float("inf"))
+
+
 class Journal:
-    """What a daemon has done so far: its report, the last commit and the recent errors.
+    """What a daemon has done so far: its report, the last commit, the recent errors, and the counts
+    its metrics show (``--metrics-addr``): uploads by outcome, failures by kind, upload durations.
 
     Not thread-safe: the daemon serialises calls.
     """
@@ -116,14 +122,33 @@ class Journal:
     def __init__(self) -> None:
         self.report = DaemonReport()
         self.last_commit: LastCommit | None = None
+        self.last_commit_time: float | None = None  # Unix time
         self.errors: list[str] = []
+        self.outcomes: Counter[str] = Counter()
+        self.failure_kinds: Counter[str] = Counter()
+        #: Cumulative: uploads that took at most each of UPLOAD_BUCKETS seconds; and their total.
+        self.upload_buckets = [0] * len(UPLOAD_BUCKETS)
+        self.upload_seconds = 0.0
+        #: The last drain's outcome, once one ended: checkpoints it left not synced.
+        self.drain_unsynced: int | None = None
 
-    def committed(self, name: str, commit: str, step: int | None, uploaded: int, raw: int, when: str) -> None:
+    def committed(self, name: str, commit: str, step: int | None, uploaded: int, raw: int, when: str, unix: float = 0.0) -> None:
         self.report.committed.append(name)
         self.report.bytes_uploaded += uploaded
         self.report.bytes_raw += raw
         self.last_commit = LastCommit(name, commit, when, step)
+        self.last_commit_time = unix
 
-    def failed(self, name: str, message: str, when: str) -> None:
+    def uploaded(self, outcome: str, seconds: float) -> None:
+        """An upload ended with ``outcome`` (committed, unchanged, changed, vanished) after ``seconds``."""
+        self.outcomes[outcome] += 1
+        self.upload_seconds += seconds
+        for i, bound in enumerate(UPLOAD_BUCKETS):
+            if seconds <= bound:
+                self.upload_buckets[i] += 1
+
+    def failed(self, name: str, message: str, when: str, kind: str = "other") -> None:
+        """An upload failed: ``kind`` is ``remote`` (the store), ``local`` (the files) or ``internal`` (a bug)."""
         self.report.failures += 1
+        self.failure_kinds[kind] += 1
         self.errors = (self.errors + [f"{when} {name}: {message}"])[-self.ERRORS :]

@@ -14,6 +14,7 @@ from .errors import UsageError
 from .options import DAEMON, WATCH_TIMINGS, resolve
 from .session import UploadResult
 from .status import DaemonReport, Status
+from .waiting import WaitResult
 
 
 class Syncer:
@@ -69,6 +70,17 @@ class Syncer:
         if self.daemon is None:
             raise UsageError("the Syncer is not started")
         return self.daemon.status()
+
+    def wait(self, name: str | None = None, timeout: float | None = None, *, poll: float = 0.5) -> WaitResult:
+        """Block until checkpoint ``name`` (default: the newest in ``dir``) is committed with the content
+        on disk, or ``timeout`` seconds pass; see :func:`ckptsync.wait`. The result says which."""
+        from .waiting import wait as _wait
+
+        d = self.daemon
+        if d is None:
+            raise UsageError("the Syncer is not started")
+        host = self.options.host if self.options.hosts else None
+        return _wait(self.dir.absolute(), d.repo, name=name, timeout=timeout, poll=poll, state=d.state, status=d.status, host=host)
 
     def stop(self, timeout: float | None = None) -> DaemonReport:
         """Commit everything complete (within ``timeout``, default ``drain_timeout``), then stop."""

@@ -128,6 +128,8 @@ class Outcome:
     result: UploadResult | None = None
     ckpt: LocalCheckpoint | None = None
     error: str | None = None
+    #: For an error: ``remote`` (the store), ``local`` (the checkpoint's files) or ``internal`` (a bug).
+    kind: str = ""
 
 
 @dataclass
@@ -210,10 +212,10 @@ class UploadWorker:
         except CkptsyncError as exc:
             if isinstance(exc, StoreError):
                 self.link.failed(exc, self.clock())
-            return Outcome(e, error=exc.message)
+            return Outcome(e, error=exc.message, kind="remote" if isinstance(exc, StoreError) else "local")
         except Exception as exc:  # a bug: keep serving the other checkpoints
             log.exception("upload of %s failed", e.name)
-            return Outcome(e, error=f"{type(exc).__name__}: {exc}")
+            return Outcome(e, error=f"{type(exc).__name__}: {exc}", kind="internal")
         return Outcome(e, result, ckpt if result.status != "vanished" else None)
 
     def _upload_snapshot(self, session: RemoteSession, ckpt: LocalCheckpoint) -> UploadResult:

@@ -14,7 +14,7 @@ from ..executor import quiet_blas
 
 quiet_blas()  # before any command imports numpy
 
-from . import config, export, listing, mark, prune, push, restore, run, status, verify, watch  # noqa: E402
+from . import config, export, listing, mark, prune, push, restore, run, status, verify, wait, watch  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -23,7 +23,7 @@ def main() -> None:
     """Keep training checkpoints safe on object storage and bring them back on restart."""
 
 
-for _module in (push, listing, restore, verify, prune, mark, watch, run, status, config, export):
+for _module in (push, listing, restore, verify, prune, mark, watch, wait, run, status, config, export):
     main.add_command(_module.command)
 
 __all__ = ["main"]

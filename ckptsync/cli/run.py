@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import click
 
 from .. import api
 from ..checkpoint import scan_entry
 from ..errors import CkptsyncError
-from ..options import COMMON, REMOTE, RETENTION, WATCH, Resolved
+from ..options import COMMON, REMOTE, RETENTION, WATCH, Options, Resolved
 from ..runner import StartError, Supervisor, flush_and_exit
 from .params import fail, folder, run_command, settings
 from .watch import DAEMON_HELP, summarize
 
 log = logging.getLogger("ckptsync")
+
+if TYPE_CHECKING:
+    from ..daemon import Daemon
 
 
 @click.command("run")
@@ -55,8 +59,19 @@ def command(s: Resolved, cmd: tuple[str, ...]) -> None:
                 daemon.state.record(scan_entry(result.path), result.manifest.commit)
     daemon.start()
     try:
-        code, report = Supervisor(cmd, daemon, drain_timeout=watch.drain_timeout).run()
+        code, report = Supervisor(cmd, daemon, drain_timeout=watch.drain_timeout, env=sidecar_environment(daemon, remote, opts)).run()
     except StartError as exc:
         fail(str(exc), "check the command after --", 127)
     summarize(report)
     flush_and_exit(code)
+
+
+def sidecar_environment(daemon: Daemon, remote: str, opts: Options) -> dict[str, str]:
+    """What CMD needs to find this sidecar (``ckptsync wait``, the framework callbacks): the folder, the
+    remote, the state folder, and the endpoint if one was given."""
+    env = {"CKPTSYNC_DIR": str(daemon.folder), "CKPTSYNC_REMOTE": remote}
+    if daemon.state is not None:
+        env["CKPTSYNC_STATE_DIR"] = str(daemon.state.folder)
+    if opts.s3.endpoint_url:
+        env["CKPTSYNC_ENDPOINT_URL"] = opts.s3.endpoint_url
+    return env

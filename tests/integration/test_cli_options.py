@@ -122,6 +122,7 @@ def _sample(name: str, tmp: Path) -> tuple[str, Any]:
         "remote": ("file:///tmp/remote", "file:///tmp/remote"),
         "dir": ("/tmp/ckpts", "/tmp/ckpts"),
         "state_dir": ("/tmp/state", Path("/tmp/state")),
+        "metrics_addr": ("127.0.0.1:9", "127.0.0.1:9"),
         "endpoint_url": ("http://127.0.0.1:9", "http://127.0.0.1:9"),
         "region": ("eu-west-3", "eu-west-3"),
         "profile": ("p1", "p1"),

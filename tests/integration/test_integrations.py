@@ -63,6 +63,9 @@ DOC = REPO / "docs" / "INTEGRATIONS.md"
 #: Test speeds for every Syncer: 0.5 s without changes (instead of 10 s), decisions every 0.1 s.
 FAST = {"settle": 0.5, "tick": 0.1, "workers": 4}
 TESTED_BLOCKS = {"hf-train-script", "hf-syncer", "lightning-callback", "lightning-fit", "torch-recipe", "dcp-recipe"}
+#: The framework callbacks, run with the real frameworks by tests/frameworks/test_callbacks.py, and the SageMaker
+#: Estimator, run with a stand-in ``sagemaker`` by tests/integration/test_wait_metrics_docs.py.
+ELSEWHERE_BLOCKS = {"hf-callback", "lightning-ckptsync", "sagemaker-estimator"}
 #: The "Many nodes" recipes, run with real torch by tests/frameworks/test_dcp_multinode.py.
 MULTINODE_BLOCKS = {"multinode-run": "sh", "multinode-planner": "python", "multinode-reshard": "sh"}
 
@@ -1117,10 +1120,10 @@ def test_doc_sections_blocks_and_commands() -> None:
         "## Pitfalls",
     ):
         assert heading in text, heading
-    assert set(re.findall(r"<!-- tested: ([\w-]+) -->", text)) == TESTED_BLOCKS | MULTINODE_BLOCKS.keys()
+    assert set(re.findall(r"<!-- tested: ([\w-]+) -->", text)) == TESTED_BLOCKS | MULTINODE_BLOCKS.keys() | ELSEWHERE_BLOCKS
     for name, lang in MULTINODE_BLOCKS.items():
         assert re.search(r"<!-- tested: " + name + r" -->\s*```" + lang + r"\n", text), name
-    for name in TESTED_BLOCKS:
+    for name in TESTED_BLOCKS | ELSEWHERE_BLOCKS:
         compile(block(name), name, "exec")
     assert "import torch" not in block("hf-syncer") and "checkpoint_s3_uri" in text and "/opt/ml/checkpoints" in text
     commands = doc_commands()

@@ -48,16 +48,6 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def kids(rclone_s3, tmp_path):
-    """Children of one test (default server: rclone); every one still running is SIGKILLed at the end."""
-    children = Children(rclone_s3, tmp_path / "logs")
-    try:
-        yield children
-    finally:
-        children.close()
-
-
-@pytest.fixture
 def bucket(rclone_s3):
     return rclone_s3.create_bucket()
 
