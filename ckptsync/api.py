@@ -213,10 +213,18 @@ def wait(
     opts = options or default_options("wait")
     folder = check_folder(Path(dir)).absolute()
     sdir = Path(state_dir) if state_dir is not None else default_state_dir(folder, remote)
-    state = State(sdir) if sdir.is_dir() else None
-    host = opts.host if opts.hosts else None
     with open_repository(remote, opts, wrap=wrap) as repo:
-        return _wait(folder, repo, name=name, timeout=timeout, poll=poll, state=state, status=lambda: read_status(sdir), host=host)
+        return _wait(
+            folder,
+            repo,
+            name=name,
+            timeout=timeout,
+            poll=poll,
+            state=lambda: State(sdir) if sdir.is_dir() else None,  # read again at each look: the daemon writes it
+            status=lambda: read_status(sdir),
+            host=opts.host or "",
+            hosts=tuple(opts.hosts),
+        )
 
 
 def list_checkpoints(

@@ -79,8 +79,18 @@ class Syncer:
         d = self.daemon
         if d is None:
             raise UsageError("the Syncer is not started")
-        host = self.options.host if self.options.hosts else None
-        return _wait(self.dir.absolute(), d.repo, name=name, timeout=timeout, poll=poll, state=d.state, status=d.status, host=host)
+        o = self.options
+        return _wait(
+            self.dir.absolute(),
+            d.repo,
+            name=name,
+            timeout=timeout,
+            poll=poll,
+            state=lambda: d.state,
+            status=d.status,
+            host=o.host or "",
+            hosts=tuple(o.hosts),
+        )
 
     def stop(self, timeout: float | None = None) -> DaemonReport:
         """Commit everything complete (within ``timeout``, default ``drain_timeout``), then stop."""

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .checkpoint import LocalCheckpoint, scan_entry, scan_folder, shown
 from .errors import FormatError
+from .format import group_id
 from .jsonfields import parse_time
 from .progress import human_bytes
 from .repository import ManifestRecord, Repository
@@ -58,18 +59,20 @@ def wait(
     name: str | None = None,
     timeout: float | None = None,
     poll: float = 1.0,
-    state: State | None = None,
+    state: Callable[[], State | None] = lambda: None,
     status: Callable[[], Status | None] = lambda: None,
-    host: str | None = None,
+    host: str = "",
+    hosts: tuple[str, ...] = (),
     follow_symlinks: bool = False,
     stop: threading.Event | None = None,
 ) -> WaitResult:
     """Block until checkpoint ``name`` of ``folder`` (default: the newest there when the wait starts)
     is committed on ``repo`` with the content on disk, or ``timeout`` seconds pass (None: no limit).
 
-    ``state`` is the daemon's state folder (for its record of commits), ``status`` returns
-    the daemon's current status (for the reason when pending), ``host`` the host whose
-    commits count (a multi-host job), ``stop`` ends the wait early (a result with a reason).
+    ``state`` returns the daemon's state (its record of commits, read again at each look),
+    ``status`` the daemon's current status (for the reason when pending). In a multi-host job
+    (``hosts``, two or more), the checkpoint counts once it is sealed and ``host``'s part holds
+    the files on disk. ``stop`` ends the wait early (a result with a reason).
     """
     start = time.monotonic()
     stop = stop or threading.Event()
@@ -78,17 +81,32 @@ def wait(
         ckpt, why = _local(folder, name, follow_symlinks)
         if ckpt is not None:
             name = ckpt.name
-            record, older = _committed(repo, ckpt, state, host, hashed)
-            if record is not None:
+            records, sealed = _records(repo, ckpt, host, hosts)
+            record, older = _committed(records, ckpt, state(), hashed)
+            if record is not None and sealed is False:
+                record, why = None, "this host's part is committed; waiting for the other hosts' parts (the seal)"
+            elif record is not None:
                 m = record.manifest
                 return WaitResult(name, m.commit, m.step, time.monotonic() - start)
-            why = pending_reason(ckpt.name, status())
+            else:
+                why = pending_reason(ckpt.name, status())
             if older:
                 why = f"the files on disk differ from its last commit ({older}); {why}"
         left = None if timeout is None else timeout - (time.monotonic() - start)
         if (left is not None and left <= 0) or stop.is_set():
             return WaitResult(name, seconds=time.monotonic() - start, reason=why)
         stop.wait(poll if left is None else min(poll, left))
+
+
+def _records(repo: Repository, ckpt: LocalCheckpoint, host: str, hosts: tuple[str, ...]) -> tuple[list[ManifestRecord], bool | None]:
+    """The committed manifests of ``ckpt``'s name (a multi-host job: this host's parts), and whether a
+    multi-host checkpoint of that name is sealed (None for a single host)."""
+    if len(hosts) < 2:
+        return [r for r in repo.load_manifests([ckpt.name]) if not r.manifest.is_seal], None
+    group = group_id(hosts)
+    parts = repo.load_parts(repo.list_parts(ckpt.name, group, host).get(host, []))
+    seals = [r for r in repo.load_manifests([ckpt.name]) if r.manifest.is_seal and r.manifest.group and r.manifest.group.id == group]
+    return parts, bool(seals)
 
 
 def _local(folder: Path, name: str | None, follow_symlinks: bool) -> tuple[LocalCheckpoint | None, str]:
@@ -108,14 +126,12 @@ def _local(folder: Path, name: str | None, follow_symlinks: bool) -> tuple[Local
 
 
 def _committed(
-    repo: Repository, ckpt: LocalCheckpoint, state: State | None, host: str | None, hashed: dict[tuple[str, str], bool]
+    records: list[ManifestRecord], ckpt: LocalCheckpoint, state: State | None, hashed: dict[tuple[str, str], bool]
 ) -> tuple[ManifestRecord | None, str]:
-    """The newest committed manifest of ``ckpt``'s name that holds exactly the files on disk, or None
-    and the commit id of the newest one that does not (empty if there is none)."""
+    """The newest of ``records`` that holds exactly the files on disk, or None and the commit id of the
+    newest one that does not (empty if there is none)."""
     local = {f.relpath: f for f in ckpt.files}
-    records = [r for r in repo.load_manifests([ckpt.name]) if r.manifest.kind == ckpt.kind and not r.manifest.is_seal]
-    if host is not None and any(r.manifest.hosts or r.manifest.group for r in records):
-        records = [r for r in records if r.manifest.host == host]
+    records = [r for r in records if r.manifest.kind == ckpt.kind]
     signature = signature_of(ckpt)
     recorded = state.is_committed(ckpt) if state is not None else None
     for record in sorted(records, key=lambda r: r.manifest.commit, reverse=True):

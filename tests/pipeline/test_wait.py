@@ -58,3 +58,18 @@ def test_wait_api_without_a_daemon_sees_a_push_and_a_later_change(tmp_path):
     assert not result.committed and "differ from its last commit" in result.reason
     ckptsync.push(ckpt, remote)
     assert ckptsync.wait(ckpt, remote, name="checkpoint-1", timeout=0).committed
+
+
+def test_a_multi_host_checkpoint_counts_once_sealed_not_when_this_hosts_part_is(tmp_path):
+    remote = _remote(tmp_path)
+    hosts = ("algo-1", "algo-2")
+    opts = {h: ckptsync.Options(host=h, hosts=hosts, workers=2) for h in hosts}
+    for h in hosts:
+        _checkpoint(tmp_path / h, "checkpoint-5", step=5)
+    ckptsync.push(tmp_path / "algo-1", remote, opts["algo-1"])
+    mine = ckptsync.wait(tmp_path / "algo-1", remote, opts["algo-1"], timeout=0, state_dir=tmp_path / "none")
+    assert not mine.committed and "waiting for the other hosts" in mine.reason
+    ckptsync.push(tmp_path / "algo-2", remote, opts["algo-2"])
+    for h in hosts:
+        done = ckptsync.wait(tmp_path / h, remote, opts[h], timeout=0, state_dir=tmp_path / "none")
+        assert done.committed and done.step == 5, (h, done.reason)
