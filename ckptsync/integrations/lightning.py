@@ -105,6 +105,8 @@ class _MarkingIO(CheckpointIO):  # type: ignore[misc]
         self.callback = callback
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        # A file saved again under the same name (last.ckpt) must never be described by the previous save's marker.
+        marker_path(Path(path)).unlink(missing_ok=True)
         self.inner.save_checkpoint(checkpoint, path, storage_options=storage_options)
         self.callback.saved(Path(path), checkpoint)
 
