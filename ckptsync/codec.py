@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import threading
+from typing import Any
 
 import numpy as np
 import zstandard
@@ -54,6 +55,7 @@ GROUPED = {"bg2": 2, "bg4": 4, "bg8": 8, "bgr2": 2, "bgr4": 4, "bgr8": 8}
 ROTATED = frozenset({"bgr2", "bgr4", "bgr8"})
 _PLANE_RAW, _PLANE_ZSTD = 0, 1
 _U16 = np.dtype("<u2")
+_UINT: dict[int, np.dtype[Any]] = {2: _U16, 4: np.dtype("<u4")}
 _STRIPS = 8
 
 _local = threading.local()
@@ -140,22 +142,48 @@ def _probe(raw: bytes | memoryview) -> int | None:
 
 
 def _split(raw: bytes | memoryview, width: int, rotate: bool) -> np.ndarray:
-    """The planes as the rows of a ``(width, count)`` array: one transposing copy."""
+    """The planes as the rows of a ``(width, count)`` array."""
     count = len(raw) // width
+    if width == 8:
+        return _split_transposed(raw, count, rotate)
+    # Elements as integers: each plane is one shift narrowed into its row, a contiguous pass that
+    # numpy vectorizes (about twice as fast for bf16 and fp32 as one transposing copy), with no
+    # temporary arrays.
+    planes = np.empty((width, count), dtype=np.uint8)
+    v = np.frombuffer(raw, dtype=_UINT[width], count=count)
+    bits = 8 * width
+    for i in range(width - 2 if rotate else width):
+        np.right_shift(v, 8 * i, out=planes[i], casting="unsafe")  # byte i
+    if rotate:
+        # the top 16 bits rotated left by one bit, for B-bit elements: the low byte is bits
+        # B-16..B-10 above the top bit B-1; the high byte is bits B-9..B-2
+        low, high = planes[width - 2], planes[width - 1]
+        if width == 2:
+            np.left_shift(v, 1, out=low, casting="unsafe")
+        else:
+            np.right_shift(v, bits - 17, out=low, casting="unsafe")
+            low &= 0xFE
+        np.right_shift(v, bits - 1, out=high, casting="unsafe")  # the top bit, for a moment
+        low |= high
+        np.right_shift(v, bits - 9, out=high, casting="unsafe")  # the exponent of bf16 and fp32
+    return planes
+
+
+def _split_transposed(raw: bytes | memoryview, count: int, rotate: bool, width: int = 8) -> np.ndarray:
+    """:func:`_split` as one transposing copy: faster than shifts for 8-byte elements."""
     grid = np.frombuffer(raw, dtype=np.uint8, count=count * width).reshape(count, width)
     planes = np.empty((width, count), dtype=np.uint8)
     if not rotate:
         planes[...] = grid.T
         return planes
-    if width > 2:
-        planes[: width - 2] = grid[:, : width - 2].T
+    planes[: width - 2] = grid[:, : width - 2].T
     # the top 16 bits of each element, as little-endian numbers, rotated left by one bit
     top = np.frombuffer(raw, dtype=_U16, count=count * width // 2)[width // 2 - 1 :: width // 2]
     rotated = top << 1
     rotated |= top >> 15
     np.copyto(planes[width - 2], rotated, casting="unsafe")  # the low byte
     rotated >>= 8
-    np.copyto(planes[width - 1], rotated, casting="unsafe")  # the high byte: the exponent of bf16 and fp32
+    np.copyto(planes[width - 1], rotated, casting="unsafe")  # the high byte
     return planes
 
 

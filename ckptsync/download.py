@@ -242,6 +242,9 @@ def _fetch_all(
     hashes; stop at the first failure."""
     lock = threading.Lock()
     failed = threading.Event()
+    # One writer per file at a time: concurrent writes to one file contend for its inode lock,
+    # and the kernel spins on that lock, burning CPU, where a Python lock sleeps.
+    writing = [threading.Lock() for _ in sinks]
 
     def fetch(job: Fetch) -> None:
         ref = job.ref
@@ -256,7 +259,8 @@ def _fetch_all(
             for t in job.targets:
                 if t.start + t.length > len(view):
                     raise IntegrityError(f"chunk {ref.hash} is {len(view)} bytes, shorter than the part the manifest names")
-                _pwrite_all(sinks[t.file], view[t.start : t.start + t.length], t.offset)
+                with writing[t.file]:
+                    _pwrite_all(sinks[t.file], view[t.start : t.start + t.length], t.offset)
                 hashes.landed(t.file, t.offset, view[t.start : t.start + t.length])
             crashpoints.reached("restore-chunk")
             with lock:
@@ -391,10 +395,19 @@ class FileHashes:
                 )
 
 
+# Restored bytes are written in pieces of this size. On virtual machines that hand free memory
+# back to the host (virtio free-page reporting), the page cache a restore fills is memory the host
+# must fault in again, and 4 MiB writes paid that about three times over: writing 1 GiB into
+# memory freed a few seconds earlier cost 3.1-3.5 system CPU-s in 4 MiB writes and 1.0-1.3 s in
+# 64 KiB writes; a whole 1 GiB restore in that state went from 5.6 to 4.1 CPU-s. With memory
+# ready, the piece size makes no measurable difference (16 000 more system calls per GiB).
+WRITE_PIECE = 64 << 10
+
+
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
-        n = os.pwrite(fd, view, offset)
+        n = os.pwrite(fd, view[:WRITE_PIECE], offset)
         view = view[n:]
         offset += n
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import ckptsync
 from ckptsync import format as fmt
 from ckptsync.api import open_repository
 from ckptsync.errors import IntegrityError, NothingToRestore, UsageError
+from ckptsync.options import Options
 from ckptsync.repository import Repository
 from ckptsync.store import LocalStore
 from tests.faults.scenarios import record
@@ -452,3 +455,41 @@ def test_restore_over_an_existing_folder_warns_which_local_files_it_discards(rem
     assert (
         caplog.records[-1].getMessage() == f"replaced the existing {mine}: removed 1 file (d\\x1b[31m.bin) not in the restored checkpoint"
     )
+
+
+def test_restore_writes_bounded_pieces_one_writer_per_file(remote, ckdir, tmp_path, monkeypatch):
+    """Restored bytes land in pieces of at most WRITE_PIECE, and never by two threads into one file
+    at once (the kernel spins on the file's lock; large writes cost host faults on some VMs)."""
+    from ckptsync import download
+
+    ck = ckdir / "checkpoint-1"
+    ck.mkdir()
+    (ck / "a.bin").write_bytes(os.urandom(3 * (4 << 20) + 12345))
+    (ck / "b.bin").write_bytes(os.urandom(2 * (4 << 20)))
+    ckptsync.push(ckdir, remote)
+
+    real = os.pwrite
+    active: dict[int, int] = {}
+    sizes: list[int] = []
+    overlaps: list[int] = []
+    guard = threading.Lock()
+
+    def pwrite(fd, data, offset):
+        with guard:
+            active[fd] = active.get(fd, 0) + 1
+            if active[fd] > 1:
+                overlaps.append(fd)
+            sizes.append(len(data))
+        try:
+            time.sleep(0.0005)  # widen the window in which a second writer would overlap
+            return real(fd, data, offset)
+        finally:
+            with guard:
+                active[fd] -= 1
+
+    monkeypatch.setattr(download.os, "pwrite", pwrite)
+    out = tmp_path / "out"
+    ckptsync.restore(remote, out, options=Options(workers=4))
+    assert tree(out) == tree(ckdir)
+    assert sizes and max(sizes) <= download.WRITE_PIECE
+    assert overlaps == []
