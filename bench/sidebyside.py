@@ -175,6 +175,19 @@ def table(res: dict) -> str:
     return "\n".join(L)
 
 
+def _public_args(argv: list[str]) -> list[str]:
+    """The command line as recorded in the report: without where the raw numbers and the work folder went."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--json", "--work"):
+            skip = True
+        elif not arg.startswith(("--json=", "--work=")):
+            out.append(arg)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1G,6G", help="comma-separated checkpoint sizes (default 1G,6G; binary units)")
@@ -201,7 +214,7 @@ def main() -> int:
     work = a.work.resolve()
     env = runner.start_harness(work)
     res: dict = {
-        "command": " ".join(["python bench/sidebyside.py", *sys.argv[1:]]),
+        "command": " ".join(["python bench/sidebyside.py", *_public_args(sys.argv[1:])]),
         "args": {**vars(a), "work": str(a.work), "json": str(a.json) if a.json else None, "doc": str(a.doc) if a.doc else None},
         "sizes": [],
     }
