@@ -106,7 +106,7 @@ def test_a_file_of_several_pieces_is_checked_by_its_piece_digest_without_hashing
 def test_a_part_whose_bytes_differ_from_the_digest_is_refused(tmp_path):
     data = os.urandom(300_000)
     entry = _piece_entry(data, [100_000, 200_000], parts={1})
-    other = data[:150_000] + b"x" + data[150_001:]  # the part's bytes (the chunk's name is not checked here)
+    other = data[:150_000] + bytes([data[150_000] ^ 1]) + data[150_001:]  # the part's bytes (the chunk's name is not checked here)
     with pytest.raises(IntegrityError, match="does not match its hash"):
         _land_pieces(tmp_path, entry, other).check()
 
