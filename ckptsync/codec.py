@@ -169,8 +169,9 @@ def _split(raw: bytes | memoryview, width: int, rotate: bool, out: np.ndarray | 
     return planes
 
 
-def _split_transposed(raw: bytes | memoryview, count: int, rotate: bool, planes: np.ndarray, width: int = 8) -> np.ndarray:
+def _split_transposed(raw: bytes | memoryview, count: int, rotate: bool, planes: np.ndarray) -> np.ndarray:
     """:func:`_split` as one transposing copy: faster than shifts for 8-byte elements."""
+    width = len(planes)
     grid = np.frombuffer(raw, dtype=np.uint8, count=count * width).reshape(count, width)
     if not rotate:
         planes[...] = grid.T
