@@ -143,6 +143,7 @@ class Checkpoint:
             files=files,
             tool=m.tool,
             hosts=m.hosts,
+            hash_algorithm=m.hash_algorithm,
         )
         return ManifestRecord(base.key, merged, base.modified)
 

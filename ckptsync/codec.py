@@ -1,6 +1,6 @@
-"""Chunk hashing and encoding (the only zstandard import).
+"""Chunk encoding (the only zstandard import).
 
-A chunk is named by the SHA-256 of its raw bytes and stored with one of:
+A chunk is named by the hash of its raw bytes (:mod:`ckptsync.hashes`) and stored with one of:
 
 - ``raw``: the bytes as they are;
 - ``zstd``: one zstd frame (level 1) carrying its content size;
@@ -28,13 +28,12 @@ optimizer state.
 The choice of codec is made per chunk: a caller that knows the element width
 (from a safetensors header) passes it; otherwise a cheap probe of a sample
 decides. Data that does not compress is detected on the sample and stored raw
-without compressing the whole chunk. hashlib, zstandard and numpy release the
+without compressing the whole chunk. hashlib, blake3, zstandard and numpy release the
 GIL on large buffers, so these functions run well on worker threads.
 """
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import threading
 from typing import Any
@@ -43,6 +42,7 @@ import numpy as np
 import zstandard
 
 from .errors import IntegrityError
+from .hashes import HASH_ALGORITHM, hash_hex
 
 ZSTD_LEVEL = 1
 # Store compressed only when it saves at least this fraction: below it the
@@ -59,10 +59,6 @@ _UINT: dict[int, np.dtype[Any]] = {2: _U16, 4: np.dtype("<u4")}
 _STRIPS = 8
 
 _local = threading.local()
-
-
-def sha256_hex(data: bytes | memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _compressor() -> zstandard.ZstdCompressor:
@@ -251,8 +247,8 @@ def _group_encode(raw: bytes | memoryview, width: int, rotate: bool = True) -> m
 # ---------------------------------------------------------------- decoding
 
 
-def decode(codec: str, stored: bytes, size: int, digest: str) -> bytes | memoryview:
-    """Turn a stored chunk back into its raw bytes and check them against ``digest``.
+def decode(codec: str, stored: bytes, size: int, digest: str, algorithm: str = HASH_ALGORITHM) -> bytes | memoryview:
+    """Turn a stored chunk back into its raw bytes and check them against ``digest``, their hash under ``algorithm``.
 
     ``size`` (from the manifest) bounds decompression: a frame or plane that
     declares or produces more bytes is rejected before it can exhaust memory.
@@ -268,7 +264,7 @@ def decode(codec: str, stored: bytes, size: int, digest: str) -> bytes | memoryv
         raise IntegrityError(f"chunk {digest} has unknown codec {codec!r}", chunk=digest)
     if len(raw) != size:
         raise IntegrityError(f"chunk {digest} is {len(raw)} bytes, the manifest says {size}", chunk=digest)
-    if sha256_hex(raw) != digest:
+    if hash_hex(algorithm, raw) != digest:
         raise IntegrityError(f"chunk {digest} content does not match its hash (corrupt object)", chunk=digest)
     return raw
 

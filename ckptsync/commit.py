@@ -14,6 +14,7 @@ from datetime import datetime
 
 from . import format as fmt
 from .checkpoint import LocalCheckpoint
+from .hashes import HASH_ALGORITHM
 from .metrics import MARKER_FILE
 
 
@@ -38,6 +39,8 @@ def build_manifest(
         files=tuple(files),
         tool=tool,
         group=group,
+        # The hash its files were named by (a manifest of no file names nothing: the lowest version's).
+        hash_algorithm=files[0].algorithm if files else HASH_ALGORITHM,
     )
 
 

@@ -14,7 +14,6 @@ as ``cp`` and ``tar`` without ``-p`` give them.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import shutil
@@ -32,6 +31,7 @@ from . import format as fmt
 from .errors import IntegrityError, LocalError, UsageError
 from .executor import BoundedExecutor
 from .fsutil import drop_staging, fsync_dir, new_staging, place, remove_dead_staging, remove_tree
+from .hashes import hash_hex, new_hasher
 from .logs import printable
 from .repository import ManifestRecord, Repository
 from .restore_plan import Fetch, LocalView, RestorePlan, plan_restore
@@ -40,9 +40,6 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
 _READ_BLOCK = 8 << 20
-# The whole-file hash (format: SHA-256). Chunks are decoded through the repository,
-# which imports the codec (numpy, zstandard) on first use: fetching starts before that.
-_new_file_hasher = hashlib.sha256
 
 
 @dataclass
@@ -322,7 +319,7 @@ class FileHashes:
     def __init__(self, entries: tuple[fmt.FileEntry, ...], sinks: list[int]) -> None:
         self.entries = entries
         self.sinks = sinks
-        self._hashers = [_new_file_hasher() for _ in entries]
+        self._hashers = [new_hasher(e.algorithm) for e in entries]
         self._cursor = [0] * len(entries)
         self._ahead: list[dict[int, int]] = [{} for _ in entries]  # offset -> length, landed but not hashed
         self._busy = [False] * len(entries)
@@ -345,7 +342,7 @@ class FileHashes:
         pieces = self._pieces.get(file)
         if pieces is not None:
             k, ref = pieces[offset]
-            self._landed[file][k] = hashlib.sha256(data).hexdigest() if ref.is_part else ref.hash
+            self._landed[file][k] = hash_hex(ref.algorithm, data) if ref.is_part else ref.hash
             return
         with self._lock:
             if self._busy[file] or offset != self._cursor[file]:
@@ -384,7 +381,7 @@ class FileHashes:
         for i, entry in enumerate(self.entries):
             if i in self._landed:
                 got = self._landed[i]
-                if None in got or fmt.piece_digest(cast(list[str], got)) != entry.hash:
+                if None in got or fmt.piece_digest(cast(list[str], got), entry.algorithm) != entry.hash:
                     raise IntegrityError(
                         f"file {entry.path} does not match its hash after assembly (inconsistent manifest)", path=entry.path
                     )
@@ -474,14 +471,14 @@ def file_hash(path: Path, entry: fmt.FileEntry) -> str:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return ""
         for length in lengths:
-            h = _new_file_hasher()
+            h = new_hasher(entry.algorithm)
             while length > 0 and (block := f.read(min(_READ_BLOCK, length))):
                 h.update(block)
                 length -= len(block)
             piece_hashes.append(h.hexdigest())
         if f.read(1):
             return ""  # longer than the entry says: grown since it was measured
-    return fmt.piece_digest(piece_hashes) if entry.needs_pieces else piece_hashes[0]
+    return fmt.piece_digest(piece_hashes, entry.algorithm) if entry.needs_pieces else piece_hashes[0]
 
 
 def _link_or_copy(src: Path, dst: Path) -> bool:

@@ -19,6 +19,7 @@ from typing import Any, Literal, cast
 from urllib.parse import quote, unquote
 
 from .errors import FormatError, NewerFormatError
+from .hashes import HASH_ALGORITHM, HASH_SINCE, empty_hash, hash_hex, new_hasher
 from .jsonfields import field_of, finite_float, format_time, is_int, json_number, parse_time, reject_constant, unique_keys
 
 FORMAT_NAME = "ckptsync.manifest"
@@ -27,9 +28,9 @@ HINT_NAME = "ckptsync.hint"
 #: express a manifest (version 2: ``hosts``; version 3: byte-grouped codecs;
 #: version 4: chunk parts, several small files packed into one chunk; version 5:
 #: ``group``, the parts and seal of a multi-host checkpoint; version 6: the hash of a
-#: file of several chunk entries is taken over its pieces' hashes, :func:`piece_digest`).
-FORMAT_VERSION = 6
-HASH_ALGORITHM = "sha256"
+#: file of several chunk entries is taken over its pieces' hashes, :func:`piece_digest`; version 7:
+#: ``hash_algorithm`` ``blake3``).
+FORMAT_VERSION = 7
 CODECS = ("raw", "zstd", "bg2", "bg4", "bg8", "bgr2", "bgr4", "bgr8")
 #: Codecs a manifest of each version may use (byte grouping needs version 3, rotated byte grouping 4).
 CODECS_SINCE = {"raw": 1, "zstd": 1, "bg2": 3, "bg4": 3, "bg8": 3, "bgr2": 4, "bgr4": 4, "bgr8": 4}
@@ -63,7 +64,6 @@ PIECES_SINCE = 6
 #: What a piece digest hashes before its pieces' hashes, so that it is never the hash of
 #: the pieces' hashes as a file's content.
 PIECES_PREFIX = b"ckptsync.pieces\n"
-EMPTY_HASH = hashlib.sha256(b"").hexdigest()
 #: Most hosts a group may have.
 MAX_GROUP_HOSTS = 1 << 20
 
@@ -104,6 +104,7 @@ class ChunkRef:
     A *part* (format version 4) uses only ``length`` bytes of the chunk's raw
     bytes, from ``offset``: several small files packed into one chunk each
     refer to their own range of it. ``length`` None means the whole chunk.
+    ``algorithm`` is the hash that names it, its manifest's ``hash_algorithm``.
     """
 
     hash: str
@@ -112,6 +113,7 @@ class ChunkRef:
     codec: str
     offset: int = 0
     length: int | None = None
+    algorithm: str = HASH_ALGORITHM
 
     @property
     def used(self) -> int:
@@ -124,10 +126,10 @@ class ChunkRef:
 
     def whole(self) -> ChunkRef:
         """The reference to the whole chunk."""
-        return ChunkRef(self.hash, self.size, self.stored, self.codec)
+        return ChunkRef(self.hash, self.size, self.stored, self.codec, algorithm=self.algorithm)
 
     def part(self, offset: int, length: int) -> ChunkRef:
-        return ChunkRef(self.hash, self.size, self.stored, self.codec, offset, length)
+        return ChunkRef(self.hash, self.size, self.stored, self.codec, offset, length, self.algorithm)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"hash": self.hash, "size": self.size, "stored": self.stored, "codec": self.codec}
@@ -137,20 +139,21 @@ class ChunkRef:
         return doc
 
 
-def piece_digest(piece_hashes: Sequence[str]) -> str:
-    """A file's hash in format version 6, from the SHA-256 (hex) of each of its pieces, in order.
+def piece_digest(piece_hashes: Sequence[str], algorithm: str = HASH_ALGORITHM) -> str:
+    """A file's hash in format version 6, from the hash (hex) of each of its pieces, in order.
 
     A piece is what one chunk entry contributes to the file: the whole chunk (its hash
     is the chunk's name) or a part's range. A file of no piece or one piece has the
-    SHA-256 of its content, as in every version; a file of several pieces has
-    ``SHA-256(PIECES_PREFIX || d1 || d2 || ...)`` over the pieces' 32-byte hashes, so that
+    hash of its content, as in every version; a file of several pieces has
+    ``H(PIECES_PREFIX || d1 || d2 || ...)`` over the pieces' 32-byte hashes, so that
     neither writer nor reader hashes the content of a multi-chunk file a second time.
+    ``H`` is the manifest's ``algorithm``.
     """
     if not piece_hashes:
-        return EMPTY_HASH
+        return empty_hash(algorithm)
     if len(piece_hashes) == 1:
         return piece_hashes[0]
-    return hashlib.sha256(PIECES_PREFIX + b"".join(bytes.fromhex(h) for h in piece_hashes)).hexdigest()
+    return hash_hex(algorithm, PIECES_PREFIX + b"".join(bytes.fromhex(h) for h in piece_hashes))
 
 
 @dataclass(frozen=True)
@@ -158,8 +161,9 @@ class FileEntry:
     """One regular file of a checkpoint, relative to the checkpoint's root.
 
     ``pieces``: ``hash`` is the :func:`piece_digest` of the file's pieces (format
-    version 6), not the SHA-256 of its content. The two are the same for a file of
-    at most one chunk entry.
+    version 6), not the hash of its content. The two are the same for a file of
+    at most one chunk entry. ``algorithm``: the hash of the file and its chunks,
+    its manifest's ``hash_algorithm``.
     """
 
     path: str
@@ -168,6 +172,7 @@ class FileEntry:
     hash: str
     chunks: tuple[ChunkRef, ...]
     pieces: bool = False
+    algorithm: str = HASH_ALGORITHM
 
     @property
     def needs_pieces(self) -> bool:
@@ -177,8 +182,8 @@ class FileEntry:
     def hash_of(self, pieces: Iterable[bytes | memoryview]) -> str:
         """The hash of content given as the bytes of each piece, in order, under this entry's rule."""
         if self.needs_pieces:
-            return piece_digest([hashlib.sha256(p).hexdigest() for p in pieces])
-        h = hashlib.sha256()
+            return piece_digest([hash_hex(self.algorithm, p) for p in pieces], self.algorithm)
+        h = new_hasher(self.algorithm)
         for p in pieces:
             h.update(p)
         return h.hexdigest()
@@ -211,6 +216,8 @@ class Manifest:
     hosts: tuple[str, ...] = ()
     #: A version-5 multi-host part or seal: the host set by digest.
     group: Group | None = None
+    #: The hash of its chunks and files (every entry's ``algorithm``).
+    hash_algorithm: str = HASH_ALGORITHM
 
     @property
     def version(self) -> int:
@@ -218,7 +225,7 @@ class Manifest:
         codecs = max((CODECS_SINCE[c.codec] for f in self.files for c in f.chunks), default=1)
         parts = PARTS_SINCE if any(c.is_part for f in self.files for c in f.chunks) else 1
         pieces = PIECES_SINCE if any(f.needs_pieces for f in self.files) else 1
-        return max(codecs, parts, pieces, 2 if self.hosts else 1, GROUP_SINCE if self.group else 1)
+        return max(codecs, parts, pieces, 2 if self.hosts else 1, GROUP_SINCE if self.group else 1, HASH_SINCE[self.hash_algorithm])
 
     @property
     def is_seal(self) -> bool:
@@ -250,6 +257,9 @@ class Manifest:
         return (self.kind, tuple(sorted((f.path, f.size, f.hash, f.mode) for f in self.files)))
 
     def to_json(self) -> dict[str, Any]:
+        # One manifest, one hash (a merged view of several hosts' parts may mix them, but is never written).
+        if any(f.algorithm != self.hash_algorithm or any(c.algorithm != self.hash_algorithm for c in f.chunks) for f in self.files):
+            raise ValueError(f"every file and chunk of a {self.hash_algorithm} manifest must be named by {self.hash_algorithm}")
         doc: dict[str, Any] = {
             "format": FORMAT_NAME,
             "version": self.version,
@@ -261,7 +271,7 @@ class Manifest:
             "host": self.host,
             "commit": self.commit,
             "tool": self.tool,
-            "hash_algorithm": HASH_ALGORITHM,
+            "hash_algorithm": self.hash_algorithm,
             "files": [f.to_json() for f in self.files],
         }
         if self.hosts:
@@ -430,8 +440,11 @@ _KNOWN_MEMBERS = frozenset(
 
 def _decode_document(doc: dict[str, Any], version: int) -> Manifest:
     """A manifest of any version up to :data:`FORMAT_VERSION` from its parsed JSON (docs/FORMAT.md section 5)."""
-    if doc.get("hash_algorithm", HASH_ALGORITHM) != HASH_ALGORITHM:
-        raise FormatError(f"unknown hash algorithm {doc.get('hash_algorithm')!r}")
+    algorithm = doc.get("hash_algorithm", HASH_ALGORITHM)
+    if not isinstance(algorithm, str) or algorithm not in HASH_SINCE:
+        raise FormatError(f"unknown hash algorithm {str(algorithm)[:20]!r}")
+    if HASH_SINCE[algorithm] > version:
+        raise FormatError(f"hash algorithm {algorithm} needs format version {HASH_SINCE[algorithm]}, the manifest says {version}")
     name = check_name(field_of(doc, "name", str))
     kind = field_of(doc, "kind", str)
     if kind not in ("dir", "file"):
@@ -444,7 +457,7 @@ def _decode_document(doc: dict[str, Any], version: int) -> Manifest:
     commit = field_of(doc, "commit", str)
     if not COMMIT_ID.match(commit):
         raise FormatError(f"commit id {commit[:80]!r} is malformed")
-    files = tuple(_decode_file(f, version >= PIECES_SINCE) for f in field_of(doc, "files", list))
+    files = tuple(_decode_file(f, version >= PIECES_SINCE, algorithm) for f in field_of(doc, "files", list))
     _check_versions(files, version)
     group = _decode_group(doc["group"], host) if version >= GROUP_SINCE and "group" in doc else None
     if group is not None and group.role == "seal":
@@ -465,6 +478,7 @@ def _decode_document(doc: dict[str, Any], version: int) -> Manifest:
         extra={k: v for k, v in doc.items() if k not in _KNOWN_MEMBERS},
         hosts=_decode_hosts(doc, host) if version >= 2 and "hosts" in doc and group is None else (),
         group=group,
+        hash_algorithm=algorithm,
     )
 
 
@@ -515,7 +529,7 @@ def _decode_hosts(doc: dict[str, Any], host: str) -> tuple[str, ...]:
     return tuple(sorted(hosts))
 
 
-def _decode_file(doc: Any, pieces: bool) -> FileEntry:
+def _decode_file(doc: Any, pieces: bool, algorithm: str) -> FileEntry:
     if not isinstance(doc, dict):
         raise FormatError("file entry is not an object")
     path = check_relpath(field_of(doc, "path", str))
@@ -532,7 +546,9 @@ def _decode_file(doc: Any, pieces: bool) -> FileEntry:
     for c in field_of(doc, "chunks", list):
         if not isinstance(c, dict):
             raise FormatError(f"{path}: chunk entry is not an object")
-        ref = ChunkRef(field_of(c, "hash", str), field_of(c, "size", int), field_of(c, "stored", int), field_of(c, "codec", str))
+        ref = ChunkRef(
+            field_of(c, "hash", str), field_of(c, "size", int), field_of(c, "stored", int), field_of(c, "codec", str), algorithm=algorithm
+        )
         if "offset" in c or "length" in c:
             offset = field_of(c, "offset", int) if "offset" in c else 0
             length = field_of(c, "length", int) if "length" in c else ref.size - offset
@@ -550,10 +566,10 @@ def _decode_file(doc: Any, pieces: bool) -> FileEntry:
         chunks.append(ref)
     if sum(c.used for c in chunks) != size:
         raise FormatError(f"{path}: chunk sizes do not add up to the file size")
-    entry = FileEntry(path, size, mode, digest, tuple(chunks), pieces)
+    entry = FileEntry(path, size, mode, digest, tuple(chunks), pieces, algorithm)
     # A piece digest over whole chunks is known from the entry alone: check it here. One with
     # parts (or a content hash) can be checked only against the bytes, when restoring.
-    if pieces and not any(c.is_part for c in chunks) and digest != piece_digest([c.hash for c in chunks]):
+    if pieces and not any(c.is_part for c in chunks) and digest != piece_digest([c.hash for c in chunks], algorithm):
         raise FormatError(f"{path}: hash is not the digest of its chunks' hashes")
     return entry
 

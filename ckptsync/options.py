@@ -37,6 +37,7 @@ from typing import Any
 
 from . import sagemaker
 from .errors import UsageError
+from .hashes import DEFAULT_HASH, HASH_ALGORITHMS
 from .policy import Retention
 from .retention import DEFAULT_GRACE
 from .store import RetryPolicy, S3Options
@@ -92,6 +93,8 @@ class Options:
     bwlimit: float | None = None
     #: Niceness added to ckptsync's own threads (never to a ``run`` child).
     nice: int = 0
+    #: The hash that names the chunks of new checkpoints (``--hash``).
+    hash_algorithm: str = DEFAULT_HASH
 
 
 @dataclass(frozen=True)
@@ -296,9 +299,18 @@ SETTINGS: dict[str, Setting] = _settings(
         "auto",
         "CRC32 checks of object bodies. auto: a CRC32 with each upload over HTTPS only (over plain HTTP the "
         "request signature already covers the body's SHA-256), downloads checked against a stored CRC over "
-        "plain HTTP only (chunks are checked against their SHA-256 anyway); when_supported: both on any "
+        "plain HTTP only (chunks are checked against their hash anyway); when_supported: both on any "
         "transport (botocore's default, more CPU); when_required: none, for servers that reject them.",
         choices=CHECKSUMS,
+    ),
+    Setting(
+        "hash",
+        choice(*HASH_ALGORITHMS),
+        DEFAULT_HASH,
+        "The hash that names the chunks of checkpoints uploaded for the first time. blake3 (format version 7) "
+        "costs about a quarter of sha256's CPU; sha256 keeps new manifests readable by ckptsync releases "
+        "older than format version 7. A checkpoint already committed keeps its hash.",
+        choices=HASH_ALGORITHMS,
     ),
     # -- how hard to work
     Setting("workers", integer(1, 256), lambda: workers_for(machine_cpus()), "Parallel transfers (default: 2 x CPUs, 4..16).", "N"),
@@ -395,6 +407,7 @@ REMOTE = ("remote", *CONNECTION)
 RETENTION = ("keep_last", "keep_best", "keep_every", "grace", "metric", "mode")
 WATCH = (
     "dir",
+    "hash",
     "follow_symlinks",
     "settle",
     "drain_timeout",
@@ -442,6 +455,7 @@ class Resolved:
             hosts=v["hosts"] if len(v["hosts"]) > 1 else (),
             bwlimit=v["bwlimit"],
             nice=v["nice"],
+            hash_algorithm=v.get("hash", DEFAULT_HASH),
         )
 
     def retention(self) -> Retention:

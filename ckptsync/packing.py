@@ -88,22 +88,22 @@ class Pack:
 
 
 class PartIndex:
-    """Where small files sit inside packs already committed: file hash -> part reference."""
+    """Where small files sit inside packs already committed: (hash algorithm, file hash) -> part reference."""
 
     def __init__(self) -> None:
-        self._parts: dict[str, fmt.ChunkRef] = {}
+        self._parts: dict[tuple[str, str], fmt.ChunkRef] = {}
 
     def learn(self, manifests: Iterable[fmt.Manifest]) -> None:
         """Remember the packed files of ``manifests``, so an unchanged one refers to its old part."""
         for m in manifests:
             for f in m.files:
                 if len(f.chunks) == 1 and f.chunks[0].is_part:
-                    self._parts[f.hash] = f.chunks[0]
+                    self._parts[f.algorithm, f.hash] = f.chunks[0]
         if len(self._parts) > MAX_PARTS:
             for key in list(self._parts)[: len(self._parts) - MAX_PARTS]:
                 del self._parts[key]
 
-    def get(self, digest: str, size: int) -> fmt.ChunkRef | None:
-        """The part holding a file of this hash and size, if one was committed."""
-        part = self._parts.get(digest)
+    def get(self, digest: str, size: int, algorithm: str) -> fmt.ChunkRef | None:
+        """The part holding a file of this hash (under ``algorithm``) and size, if one was committed."""
+        part = self._parts.get((algorithm, digest))
         return part if part is not None and part.used == size else None

@@ -115,7 +115,7 @@ class Repository:
             raise IntegrityError(f"chunk {ref.hash} is {len(stored)} bytes, the manifest says {ref.stored} ({key})", chunk=ref.hash)
         from . import codec  # here, not at the top: listing and reading manifests need no numpy or zstandard
 
-        return codec.decode(ref.codec, stored, ref.size, ref.hash)
+        return codec.decode(ref.codec, stored, ref.size, ref.hash, ref.algorithm)
 
     # -- manifests
 

@@ -32,6 +32,7 @@ from .checkpoint import LocalCheckpoint
 from .chunking import CHUNK_SIZE
 from .commit import build_manifest, find_equivalent
 from .errors import StoreError, UsageError
+from .hashes import DEFAULT_HASH
 from .options import Options, this_host
 from .packing import Cancelled
 from .policy import Retention
@@ -82,9 +83,12 @@ class RemoteSession:
         hosts: Iterable[str] = (),
         nice: int = 0,
         chunk_size: int = CHUNK_SIZE,
+        hash_algorithm: str = DEFAULT_HASH,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         self.repo = repo
+        #: The hash that names the chunks of a checkpoint not committed before (see :meth:`algorithm_for`).
+        self.hash_algorithm = hash_algorithm
         self.host = host or this_host()
         given = list(dict.fromkeys(hosts))
         # A one-host set is a single-host job: written as such (format version 1).
@@ -112,7 +116,13 @@ class RemoteSession:
     def open(cls, repo: Repository, options: Options, *, names: Iterable[str] | None = None) -> RemoteSession:
         """A session on ``repo`` that knows the committed manifests (of ``names`` only, if given)."""
         session = cls(
-            repo, workers=options.workers, max_memory=options.max_memory, host=options.host, hosts=options.hosts, nice=options.nice
+            repo,
+            workers=options.workers,
+            max_memory=options.max_memory,
+            host=options.host,
+            hosts=options.hosts,
+            nice=options.nice,
+            hash_algorithm=options.hash_algorithm,
         )
         try:
             session.clean_stale_writes()
@@ -273,7 +283,7 @@ class RemoteSession:
         started = time.monotonic()
         stats = UploadStats(files=len(ckpt.files))
         try:
-            entries = self.uploader.store(ckpt, stats, progress, cancel)
+            entries = self.uploader.store(ckpt, stats, progress, cancel, self.algorithm_for(ckpt.name))
         except Cancelled:
             return UploadResult(ckpt.name, "cancelled", "stopped before it finished", stats=stats)
         except Vanished as exc:
@@ -303,6 +313,17 @@ class RemoteSession:
         self.learn([manifest])
         stats.seconds = time.monotonic() - started
         return UploadResult(ckpt.name, "committed", key=key, manifest=manifest, stats=stats)
+
+    def algorithm_for(self, name: str) -> str:
+        """The hash to name checkpoint ``name``'s chunks by: its newest committed manifest's, else the session's.
+
+        A checkpoint committed under another hash (by an older ckptsync, or with another
+        ``--hash``) keeps it, so that restoring it and seeing it again in the folder finds it
+        already committed instead of storing every chunk a second time under new names.
+        """
+        with self._lock:
+            committed = [m for m in self.committed.get(name, ()) if m.files]
+        return max(committed, key=lambda m: m.created).hash_algorithm if committed else self.hash_algorithm
 
     def _still_stored(self, entries: list[fmt.FileEntry], lock: locks.Lock) -> bool:
         """After a long pause: let a running collection finish, then check our chunks survived it."""

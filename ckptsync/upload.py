@@ -27,6 +27,7 @@ from .checkpoint import LocalCheckpoint, LocalFile
 from .chunking import CHUNK_SIZE, Span, fixed_plan, safetensors_header_length, safetensors_plan
 from .errors import LocalError
 from .executor import BoundedExecutor
+from .hashes import DEFAULT_HASH, hash_hex
 from .packing import PACK_TARGET, SMALL_FILE, Cancelled, Pack, PartIndex, PendingPart
 from .repository import Repository, StoredChunk
 
@@ -108,8 +109,11 @@ class UploadStats:
 class _Run:
     """One checkpoint going through the pipeline: its references, hashes and failure flag."""
 
-    def __init__(self, ckpt: LocalCheckpoint, stats: UploadStats, progress: Progress | None, cancel: threading.Event) -> None:
+    def __init__(
+        self, ckpt: LocalCheckpoint, stats: UploadStats, progress: Progress | None, cancel: threading.Event, algorithm: str
+    ) -> None:
         self.ckpt = ckpt
+        self.algorithm = algorithm
         self.stats = stats
         self.progress = progress
         self.cancel = cancel
@@ -171,14 +175,15 @@ class Uploader:
         stats: UploadStats,
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
+        algorithm: str = DEFAULT_HASH,
     ) -> list[fmt.FileEntry]:
-        """Store every chunk of ``ckpt``; return its file entries.
+        """Store every chunk of ``ckpt``, named by their hash under ``algorithm``; return its file entries.
 
         Raises :class:`Cancelled` if ``cancel`` was set (chunks stored so far
         stay), :class:`Vanished` or :class:`Changed` if the checkpoint was
         deleted or changed under the reader, and whatever a chunk's store raised.
         """
-        run = _Run(ckpt, stats, progress, cancel or threading.Event())
+        run = _Run(ckpt, stats, progress, cancel or threading.Event(), algorithm)
         small = [i for i, f in enumerate(ckpt.files) if 0 < f.size <= self.small_file]
         large = [i for i, f in enumerate(ckpt.files) if not 0 < f.size <= self.small_file]
         pack = Pack()
@@ -210,7 +215,8 @@ class Uploader:
         for f, refs, digest in zip(ckpt.files, run.refs, run.hashes, strict=True):
             chunks = tuple(ref.result() for ref in refs)
             # A small file was hashed whole (its one piece); a large one's pieces are whole chunks.
-            entries.append(fmt.FileEntry(f.relpath, f.size, f.mode, digest or fmt.piece_digest([c.hash for c in chunks]), chunks, True))
+            digest = digest or fmt.piece_digest([c.hash for c in chunks], algorithm)
+            entries.append(fmt.FileEntry(f.relpath, f.size, f.mode, digest, chunks, True, algorithm))
         return entries
 
     def learn(self, manifests: Iterable[fmt.Manifest]) -> None:
@@ -228,8 +234,8 @@ class Uploader:
             pack = self._flush(run, pack)
         with self.executor.reserve(f.size) as hold:
             data = self._read_whole(run.ckpt, f)
-            digest = codec.sha256_hex(data)
-            known = self._stored_ref(digest, len(data))
+            digest = hash_hex(run.algorithm, data)
+            known = self._stored_ref(digest, len(data), run.algorithm)
             if known is not None or digest in pack:
                 if run.progress is not None:
                     run.progress(f.size)
@@ -237,23 +243,23 @@ class Uploader:
         run.hashes[i] = digest
         return pack
 
-    def _stored_ref(self, digest: str, size: int) -> fmt.ChunkRef | None:
+    def _stored_ref(self, digest: str, size: int, algorithm: str) -> fmt.ChunkRef | None:
         """A reference to content the remote holds: a chunk of its own, or a part of a pack."""
         alone = self.index.lookup(digest)
         if alone is not None:
-            return fmt.ChunkRef(digest, size, alone[1], alone[0])
-        part = self.parts.get(digest, size)
+            return fmt.ChunkRef(digest, size, alone[1], alone[0], algorithm=algorithm)
+        part = self.parts.get(digest, size, algorithm)
         if part is not None:
             pack = self.index.lookup(part.hash)
             if pack is not None:
-                return fmt.ChunkRef(part.hash, part.size, pack[1], pack[0], part.offset, size)
+                return fmt.ChunkRef(part.hash, part.size, pack[1], pack[0], part.offset, size, algorithm)
         return None
 
     def _flush(self, run: _Run, pack: Pack) -> Pack:
         """Store the open pack as one chunk (its files' references resolve to their parts); return a new one."""
         if pack.members and pack.hold is not None:
             data = b"".join(pack.members)
-            fut = self.executor.submit(self._store_chunk, data, None, run.stats, hold=pack.hold)
+            fut = self.executor.submit(self._store_chunk, data, None, run, hold=pack.hold)
             fut.add_done_callback(functools.partial(run.chunk_done, n=pack.size))
             for part in pack.parts:
                 part.resolve(fut)
@@ -271,7 +277,7 @@ class Uploader:
                     break
                 with self.executor.reserve(span.length) as hold:
                     data = _pread(fd, f, span.offset, span.length)
-                    fut = self.executor.submit(self._store_chunk, data, span.width, run.stats, hold=hold)
+                    fut = self.executor.submit(self._store_chunk, data, span.width, run, hold=hold)
                 fut.add_done_callback(functools.partial(run.chunk_done, n=span.length))
                 refs.append(fut)
         finally:
@@ -315,11 +321,11 @@ class Uploader:
 
     # -- the workers
 
-    def _store_chunk(self, data: bytes, width: int | None, stats: UploadStats) -> fmt.ChunkRef:
-        digest = codec.sha256_hex(data)
+    def _store_chunk(self, data: bytes, width: int | None, run: _Run) -> fmt.ChunkRef:
+        digest, stats = hash_hex(run.algorithm, data), run.stats
         known = self.index.claim(digest)
         if known is not None:
-            return fmt.ChunkRef(digest, len(data), known[1], known[0])
+            return fmt.ChunkRef(digest, len(data), known[1], known[0], algorithm=run.algorithm)
         try:
             codec_name, stored = codec.encode(data, width)
             self.repo.put_chunk(digest, codec_name, stored)
@@ -331,7 +337,7 @@ class Uploader:
         with _stats_lock:
             stats.chunks_uploaded += 1
             stats.uploaded_bytes += len(stored)
-        return fmt.ChunkRef(digest, len(data), len(stored), codec_name)
+        return fmt.ChunkRef(digest, len(data), len(stored), codec_name, algorithm=run.algorithm)
 
 
 _stats_lock = threading.Lock()

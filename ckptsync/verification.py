@@ -89,12 +89,13 @@ def verify(
     return reports
 
 
-#: A chunk reference as a manifest states it: hash, codec, raw size, stored size.
-RefKey = tuple[str, str, int, int]
+#: A chunk reference as a manifest states it: hash, codec, raw size, stored size, and the hash's algorithm
+#: (a manifest naming a chunk under the other hash never shares another's verdict on it).
+RefKey = tuple[str, str, int, int, str]
 
 
 def _ref_key(ref: ChunkRef) -> RefKey:
-    return (ref.hash, ref.codec, ref.size, ref.stored)
+    return (ref.hash, ref.codec, ref.size, ref.stored, ref.algorithm)
 
 
 def _members(repo: Repository, rec: ManifestRecord) -> tuple[list[tuple[str, Manifest]], list[str]]:

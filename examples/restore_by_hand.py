@@ -1,21 +1,23 @@
-"""Restore the newest checkpoint of an s3:// ckptsync remote (format versions 1 to 6), without ckptsync.
+"""Restore the newest checkpoint of an s3:// ckptsync remote (format versions 1 to 7), without ckptsync.
 
     python examples/restore_by_hand.py s3://bucket/prefix /path/to/target [host]
 
-A reader written from docs/FORMAT.md with boto3, zstandard, numpy (for byte grouping) and the
-standard library only; a reference for the format, not a replacement for ``ckptsync restore``.
+A reader written from docs/FORMAT.md with boto3, zstandard, numpy (for byte grouping), blake3 (for
+version 7) and the standard library only; a reference for the format, not a replacement for
+``ckptsync restore``.
 It prints the path of the restored checkpoint, or nothing if the remote holds no committed
 checkpoint. Credentials, region and endpoint come from the usual boto3 configuration (for an
 S3-compatible server, set ``AWS_ENDPOINT_URL``).
 
 It applies the latest order (FORMAT 6), the version rules (5.8: it stops with an error that names the
-version on a remote that holds a manifest of version 7 or later, rather than restore an older
+version on a remote that holds a manifest of version 8 or later, rather than restore an older
 checkpoint), the key checks (5.7), the grouping and completeness of multi-host checkpoints (7.3,
 and the seals of version 5, 7.5), the choice of this host's part (7.4: the host given as the third
 argument, else ``SM_CURRENT_HOST``, else the machine's host name; an error when that host has no
 part) with, in version 5, the lead's files that are not one rank's, the path rules that matter for
 safety, the chunk checks of every codec (4.3 to 4.5), the ranges of chunk parts (5.5), the file hash
-check (5.4: the content's SHA-256, or from version 6 the piece digest of a file of several pieces), and staged placement (R3). Its staging folder is named as ckptsync names its own (2.4), so a
+check (5.4: the content's hash, or from version 6 the piece digest of a file of several pieces, by
+SHA-256 or from version 7 BLAKE3, 4.1), and staged placement (R3). Its staging folder is named as ckptsync names its own (2.4), so a
 ckptsync restore into the same target folder on another machine leaves it alone.
 
 It does not apply every rule of the reader checklist (5.9), does not fall back to an older checkpoint
@@ -47,10 +49,20 @@ import boto3
 import numpy
 import zstandard
 
-READS = 6  # the newest format version this program reads
+READS = 7  # the newest format version this program reads
 RANK_FILES = ("*.distcp", "*zero_pp_rank_*", "rng_state_*.pth", "rng_state_*.pt")  # one rank's files (FORMAT 7.5)
 MAX_MANIFEST = 64 << 20
 CODEC_SINCE = {"raw": 1, "zstd": 1, "bg2": 3, "bg4": 3, "bg8": 3, "bgr2": 4, "bgr4": 4, "bgr8": 4}
+HASH_SINCE = {"sha256": 1, "blake3": 7}
+
+
+def hasher(algorithm):
+    """An empty hash object of a manifest's hash_algorithm (FORMAT 4.1)."""
+    if algorithm == "blake3":
+        from blake3 import blake3  # only remotes of version 7 need it
+
+        return blake3()
+    return hashlib.sha256()
 
 
 def component_ok(c):
@@ -84,6 +96,8 @@ def usable(m, version):
     if group is not None and not (isinstance(group, dict) and group.get("role") in ("part", "seal") and isinstance(group.get("lead"), str)):
         return False
     m["group"] = group
+    if HASH_SINCE.get(m.setdefault("hash_algorithm", "sha256"), READS + 1) > version:
+        return False
     refs = [c for f in m["files"] for c in f["chunks"]]
     parts = any("offset" in c or "length" in c for c in refs)  # parts need version 4 (FORMAT 5.5)
     return all(CODEC_SINCE.get(c["codec"], READS + 1) <= version for c in refs) and (version >= 4 or not parts)
@@ -169,7 +183,7 @@ def ungroup(stored, width, size, key, rotated=False):
     return grid.tobytes() + stored[pos:]
 
 
-def fetch_chunk(s3, bucket, base, ref):
+def fetch_chunk(s3, bucket, base, ref, algorithm):
     """The raw bytes of the chunk a chunk entry names, checked (FORMAT 4.3)."""
     digest, size, codec = ref["hash"], ref["size"], ref["codec"]
     key = f"{base}chunks/{digest[:2]}/{digest}.{codec}"
@@ -184,7 +198,9 @@ def fetch_chunk(s3, bucket, base, ref):
         raw = ungroup(stored, int(codec[-1]), size, key, rotated=codec.startswith("bgr"))
     else:
         raise ValueError(f"{key}: unknown codec {codec!r}")
-    if len(raw) != size or hashlib.sha256(raw).hexdigest() != digest:
+    h = hasher(algorithm)
+    h.update(raw)
+    if len(raw) != size or h.hexdigest() != digest:
         raise ValueError(f"{key}: content does not match its hash")
     return raw
 
@@ -214,7 +230,7 @@ def assemble(s3, bucket, base, seal, host):
             in_the_way = any("/".join(parents[:i]) in mine for i in range(1, len(parents)))
             if f["path"] not in mine and not in_the_way and not any(fnmatch.fnmatchcase(base_name, p) for p in RANK_FILES):
                 if not any(p.startswith(f["path"] + "/") for p in mine):
-                    own["files"].append(dict(f, version=lead["version"]))  # its hash follows the lead's version
+                    own["files"].append(dict(f, version=lead["version"], algorithm=lead["hash_algorithm"]))  # the lead's rules
     return own
 
 
@@ -229,7 +245,7 @@ def restore_latest(bucket, prefix, dest, s3=None, host=None):
     if m["group"]:  # a version-5 seal: this host's part and the lead's shared files
         m = assemble(s3, bucket, base, m, host)
     name, kind = m["name"], m["kind"]
-    if not component_ok(name) or kind not in ("dir", "file") or m.get("hash_algorithm", "sha256") != "sha256":
+    if not component_ok(name) or kind not in ("dir", "file"):
         raise ValueError(f"unsupported manifest for {name!r}")
     os.makedirs(dest, exist_ok=True)
     me = "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname())[:63] or "host"
@@ -248,11 +264,12 @@ def restore_latest(bucket, prefix, dest, s3=None, host=None):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             # FORMAT 5.4: from version 6, a file of several pieces is hashed over its pieces' hashes
             by_pieces = f.get("version", m["version"]) >= 6 and len(f["chunks"]) > 1
-            whole, pieces, written = hashlib.sha256(), [], 0
+            algorithm = f.get("algorithm", m["hash_algorithm"])
+            whole, pieces, written = hasher(algorithm), [], 0
             with open(path, "xb") as out:
                 for ref in f["chunks"]:
                     if ref["hash"] != last[0]:  # the small files of a pack share its chunk
-                        last = (ref["hash"], fetch_chunk(s3, bucket, base, ref))
+                        last = (ref["hash"], fetch_chunk(s3, bucket, base, ref, algorithm))
                     raw = last[1]
                     start = ref.get("offset", 0)  # a part: a range of the chunk (FORMAT 5.5)
                     length = ref.get("length", len(raw) - start)
@@ -260,12 +277,16 @@ def restore_latest(bucket, prefix, dest, s3=None, host=None):
                         raise ValueError(f"{f['path']}: a chunk part lies outside its chunk")
                     piece = raw[start : start + length]
                     whole.update(piece)
-                    pieces.append(hashlib.sha256(piece).digest())
+                    h = hasher(algorithm)
+                    h.update(piece)
+                    pieces.append(h.digest())
                     written += out.write(piece)
                 out.flush()
                 os.fsync(out.fileno())
-            digest = hashlib.sha256(b"ckptsync.pieces\n" + b"".join(pieces)) if by_pieces else whole
-            if written != f["size"] or digest.hexdigest() != f["hash"]:
+            if by_pieces:
+                whole = hasher(algorithm)
+                whole.update(b"ckptsync.pieces\n" + b"".join(pieces))
+            if written != f["size"] or whole.hexdigest() != f["hash"]:
                 raise ValueError(f"{f['path']}: does not match its hash")
             os.chmod(path, f["mode"] & 0o1777)
         final = os.path.join(dest, name)

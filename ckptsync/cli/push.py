@@ -20,7 +20,7 @@ log = logging.getLogger("ckptsync")
 
 
 @click.command("push")
-@settings("dir", "follow_symlinks", *REMOTE, *COMMON)
+@settings("dir", "follow_symlinks", "hash", *REMOTE, *COMMON)
 @run_command
 def command(s: Resolved) -> None:
     """Upload every checkpoint in --dir that is not committed yet.

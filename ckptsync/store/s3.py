@@ -27,7 +27,7 @@ network: the body crosses one kernel's memory, so nothing is hashed for the tran
 (``UNSIGNED-PAYLOAD``, no CRC32). That saves a SHA-256 pass over every byte uploaded
 (about 0.5 CPU-s per GB). Downloads are validated against a stored CRC only over
 plain HTTP to another machine. Whatever the link, every chunk is checked against
-its SHA-256 by the reader.
+its hash (BLAKE3 or SHA-256) by the reader.
 """
 
 from __future__ import annotations

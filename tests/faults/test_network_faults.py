@@ -15,7 +15,6 @@ CI sizes are small; ``CKPTSYNC_RELIABILITY_FULL=1`` selects the full counts. Eac
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -30,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from ckptsync.chunking import CHUNK_SIZE
+from ckptsync.hashes import DEFAULT_HASH, hash_hex
 from tests.faults.proxy import (
     S3Proxy,
     flip_bits,
@@ -74,12 +74,12 @@ def write_ckpt(parent: Path, name: str, rng: random.Random, sizes: dict[str, int
 
 
 def chunk_hashes(ckpt: Path) -> set[str]:
-    """The SHA-256 names of a checkpoint's chunks (every file here is cut into fixed CHUNK_SIZE pieces)."""
+    """The names of a checkpoint's chunks under the default hash (every file here is cut into fixed CHUNK_SIZE pieces)."""
     out = set()
     for p in ckpt.rglob("*"):
         if p.is_file():
             data = p.read_bytes()
-            out.update(hashlib.sha256(data[o : o + CHUNK_SIZE]).hexdigest() for o in range(0, len(data), CHUNK_SIZE))
+            out.update(hash_hex(DEFAULT_HASH, data[o : o + CHUNK_SIZE]) for o in range(0, len(data), CHUNK_SIZE))
     return out
 
 

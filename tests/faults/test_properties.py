@@ -159,7 +159,7 @@ def make_world(base: Path) -> World:
     [key] = [p for p in (remote_dir / "manifests").rglob("*.json")]
     doc = json.loads(key.read_bytes())
     assert {c["codec"] for f in doc["files"] for c in f["chunks"]} >= {"raw", "zstd"}
-    assert "offset" in _chunk(doc, "sub/opt.bin") and doc["version"] == 4
+    assert "offset" in _chunk(doc, "sub/opt.bin") and (doc["version"], doc["hash_algorithm"]) == (7, "blake3")
     return World(root, remote_dir, remote, target, outside, good, doc)
 
 
@@ -247,7 +247,9 @@ def hostile_cases(w: World) -> list[Case]:
     add(
         "1 TiB declared (valid sizes, chunk missing)",
         lambda d: _file(d, "model.bin").update(
-            size=1 << 40, chunks=[{"hash": H_MISSING, "size": 64 << 20, "stored": 64 << 20, "codec": "raw"}] * (1 << 14)
+            size=1 << 40,
+            chunks=[{"hash": H_MISSING, "size": 64 << 20, "stored": 64 << 20, "codec": "raw"}] * (1 << 14),
+            hash=fmt.piece_digest([H_MISSING] * (1 << 14), d["hash_algorithm"]),  # consistent: only the chunk is wrong
         ),
         "damaged",
     )
@@ -258,10 +260,9 @@ def hostile_cases(w: World) -> list[Case]:
     )
     add("raw chunk with stored != size", lambda d: _chunk(d, "model.bin").update(stored=_chunk(d, "model.bin")["size"] + 1))
     add("whole-file hash that does not match", lambda d: _file(d, "sub/opt.bin").update(hash="0" * 64), "damaged")
-    add(
+    add(  # version 6 on: a file of whole chunks must hash to their piece digest (FORMAT.md 5.9, item 14)
         "chunk of another file (hash mismatch)",
         lambda d: _file(d, "sub/opt.bin").update(chunks=[_chunk(d, "model.bin")], size=MODEL_SIZE),
-        "damaged",
     )
     # -- chunk parts (packed small files)
     add("part starting past its chunk", lambda d: _chunk(d, "sub/opt.bin").update(offset=_chunk(d, "sub/opt.bin")["size"]))
@@ -286,7 +287,7 @@ def hostile_cases(w: World) -> list[Case]:
         add(
             label,
             lambda d, h=digest, n=len(frame): _file(d, "small.txt").update(
-                size=1000, chunks=[{"hash": h, "size": 1000, "stored": n, "codec": "zstd"}]
+                size=1000, hash=h, chunks=[{"hash": h, "size": 1000, "stored": n, "codec": "zstd"}]
             ),
             "damaged",
         )
@@ -298,6 +299,8 @@ def hostile_cases(w: World) -> list[Case]:
     add("no version", lambda d: d.pop("version"))
     add("other format", lambda d: d.update(format="ckptsync.manifest.v2"))
     add("hash algorithm md5", lambda d: d.update(hash_algorithm="md5"))
+    add("hash algorithm blake3 in a version-6 manifest", lambda d: d.update(version=6))
+    add("BLAKE3 names claimed to be SHA-256", lambda d: d.update(hash_algorithm="sha256"), "damaged")
     add("kind symlink", lambda d: d.update(kind="symlink"))
     add("kind file with several files", lambda d: d.update(kind="file"))
     add("mode out of range", lambda d: _file(d, "model.bin").update(mode=0o10000))

@@ -28,8 +28,9 @@ def committed_files(remote: str) -> dict[str, set[tuple[str, int, str]]]:
 
 
 def slow_writer(folder: Path, step: int, pause: float, rate: int = 1 << 20) -> set[tuple[str, int, str]]:
-    """Write an HF-style checkpoint in place at ``rate`` bytes/s with ``pause`` between files."""
-    import hashlib
+    """Write an HF-style checkpoint in place at ``rate`` bytes/s with ``pause`` between files; return each
+    file's name, size and hash as a manifest of the default hash records it."""
+    from ckptsync.hashes import DEFAULT_HASH, hash_hex
 
     d = folder / f"checkpoint-{step}"
     d.mkdir()
@@ -41,11 +42,11 @@ def slow_writer(folder: Path, step: int, pause: float, rate: int = 1 << 20) -> s
                 f.write(data[i : i + rate // 10])
                 f.flush()
                 time.sleep(0.1)
-        final.add((name, size, hashlib.sha256(data).hexdigest()))
+        final.add((name, size, hash_hex(DEFAULT_HASH, data)))
         time.sleep(pause)  # longer than a second: the trainer computes between files
     state = b'{"global_step": %d}' % step
     (d / "trainer_state.json").write_bytes(state)
-    final.add(("trainer_state.json", len(state), hashlib.sha256(state).hexdigest()))
+    final.add(("trainer_state.json", len(state), hash_hex(DEFAULT_HASH, state)))
     return final
 
 

@@ -130,6 +130,7 @@ def _sample(name: str, tmp: Path) -> tuple[str, Any]:
         "sse_kms_key_id": ("k1", "k1"),
         "expected_bucket_owner": ("123456789012", "123456789012"),
         "checksum": ("when_required", "when_required"),
+        "hash": ("sha256", "sha256"),
         "workers": ("7", 7),
         "max_memory": ("64M", 64 << 20),
         "bwlimit": ("10M", "10M"),
@@ -187,7 +188,7 @@ def test_syncer_accepts_every_option_of_watch_with_the_same_effect(tmp_path: Pat
     assert (syncer.dir, syncer.remote, syncer.state_dir) == (captured["folder"], captured["remote"], captured["state_dir"])
     # and every value differs from the default, so each one really went through
     defaults = ckptsync.Syncer(_sample("dir", tmp_path)[1], _sample("remote", tmp_path)[1])
-    for field in ("workers", "max_memory", "bwlimit", "nice", "retry", "host", "hosts", "s3"):
+    for field in ("workers", "max_memory", "bwlimit", "nice", "retry", "host", "hosts", "s3", "hash_algorithm"):
         assert getattr(syncer.options, field) != getattr(defaults.options, field), field
     assert syncer.options.bwlimit == 10 << 20 and syncer.options.nice == 3 and syncer.options.retry.attempts == 9
     assert syncer.options.retry.max_seconds == 30.0

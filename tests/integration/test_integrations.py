@@ -26,7 +26,6 @@ committed; a single file's marker was trusted when stale and ignored when rewrit
 from __future__ import annotations
 
 import builtins
-import hashlib
 import itertools
 import json
 import os
@@ -54,6 +53,7 @@ import pytest
 import ckptsync
 import ckptsync.syncer
 from ckptsync.cli import main as cli_main
+from ckptsync.hashes import DEFAULT_HASH, hash_hex
 from tests.helpers import run_cli, start_cli, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -122,8 +122,9 @@ def module(name: str, **attrs: Any) -> types.ModuleType:
 # ============================================================================ what the writers finished, what was committed
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def digest(data: bytes) -> str:
+    """The content hash a manifest of the default hash records for a file of one chunk."""
+    return hash_hex(DEFAULT_HASH, data)
 
 
 @dataclass
@@ -196,8 +197,8 @@ def files_of(manifest: Any) -> dict[str, str]:
 def tree(path: Path) -> dict[str, str]:
     """What is on disk: {relpath: sha256}, or {name: sha256} for a single file."""
     if path.is_file():
-        return {path.name: sha(path.read_bytes())}
-    return {p.relative_to(path).as_posix(): sha(p.read_bytes()) for p in sorted(path.rglob("*")) if p.is_file()}
+        return {path.name: digest(path.read_bytes())}
+    return {p.relative_to(path).as_posix(): digest(p.read_bytes()) for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def remote_manifests(remote: str) -> list[Any]:
@@ -260,7 +261,6 @@ consolidating a sharded optimizer state, with no file activity), FAKE_HF_MAX_STE
 FAKE_HF_LOG (JSON lines: every checkpoint as finished), FAKE_HF_CRASH ("write:checkpoint-20/config.json"
 or "delete:checkpoint-10/optimizer.pt": the process dies right after that file operation).
 """
-import hashlib
 import json
 import os
 import random
@@ -289,8 +289,10 @@ class SimulatedCrash(RuntimeError):
     pass
 
 
-def _sha(data):
-    return hashlib.sha256(data).hexdigest()
+def _digest(data):  # the content hash a manifest of ckptsync's default hash (BLAKE3) records
+    from blake3 import blake3
+
+    return blake3(data).hexdigest()
 
 
 def _safetensors(step, n):
@@ -383,7 +385,7 @@ class Trainer:
             path = os.path.join(folder, name)
             with open(path, "wb") as f:
                 f.write(data)
-            files[name] = _sha(data)
+            files[name] = _digest(data)
             self._did("write", path, self.pace)
 
         put("config.json", json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_layer": 2}, indent=2).encode())
@@ -397,7 +399,7 @@ class Trainer:
                 f.flush()
                 time.sleep(self.pace / 2)
         os.rename(tmp, os.path.join(folder, "model.safetensors"))
-        files["model.safetensors"] = _sha(weights)
+        files["model.safetensors"] = _digest(weights)
         self._did("write", os.path.join(folder, "model.safetensors"), self.pace)
         put("training_args.bin", b"\x80\x04training-args" + json.dumps(vars(self.args), default=str).encode())
         time.sleep(self.gather_seconds)
@@ -755,7 +757,7 @@ class FakeLightningTrainer:
         data = pickle.dumps(checkpoint)
         self.writer(filepath, data)
         metrics = {"epoch": float(self.current_epoch), **self.callback_metrics}
-        self.finished.add(os.path.basename(filepath), {os.path.basename(filepath): sha(data)}, self.global_step, metrics)
+        self.finished.add(os.path.basename(filepath), {os.path.basename(filepath): digest(data)}, self.global_step, metrics)
 
     def fit(self, model: Any, ckpt_path: str | None = None) -> None:
         if ckpt_path is not None:
@@ -866,7 +868,7 @@ def test_lightning_callback_and_names(tmp_path: Path, remote: str, recorder: Rec
     check_lightning_commits(recorder.manifests, finished)
     for marker in dir2.glob("*.ckptsync.json"):  # the restored file was not marked as one of this run's
         ckpt = Path(str(marker)[: -len(".ckptsync.json")])
-        assert json.loads(marker.read_text())["step"] == finished.by_hash(sha(ckpt.read_bytes())).step, marker.name
+        assert json.loads(marker.read_text())["step"] == finished.by_hash(digest(ckpt.read_bytes())).step, marker.name
     latest = max(recorder.named("last.ckpt"), key=lambda m: m.created)
     assert latest.step == 50 and files_of(latest) == tree(dir2 / "last.ckpt")
     restore_every_name(remote, tmp_path / "check-all", finished)
@@ -942,7 +944,7 @@ def test_plain_pytorch_recipe(tmp_path: Path, remote: str, recorder: Recorder) -
 
     def save_and_note(state: dict[str, Any], ckpt_dir: str, step: int, metrics: Any = None, keep: int = 3) -> Path:
         path = real_save(state, ckpt_dir, step, metrics, keep)
-        finished.add(path.name, {path.name: sha(pickle.dumps(state))}, step, metrics)
+        finished.add(path.name, {path.name: digest(pickle.dumps(state))}, step, metrics)
         return path
 
     ns["save_checkpoint"] = save_and_note  # train() calls it through the module's globals
@@ -1007,7 +1009,7 @@ def fake_dcp(dist: FakeDist, finished: Finished, pace: float = 0.02, slow: tuple
                     f.flush()
                     time.sleep(pace / 2)
             with lock:
-                written[checkpoint_id][f"__{rank}_{n}.distcp"] = sha(data)
+                written[checkpoint_id][f"__{rank}_{n}.distcp"] = digest(data)
             time.sleep(pace)
         dist.barrier()  # the coordinator gathers every rank's write results
         if rank == 0:
@@ -1015,7 +1017,7 @@ def fake_dcp(dist: FakeDist, finished: Finished, pace: float = 0.02, slow: tuple
             (path / ".metadata.tmp").write_bytes(meta)
             time.sleep(pace)
             os.replace(path / ".metadata.tmp", path / ".metadata")
-            finished.add(path.name, {**written[checkpoint_id], ".metadata": sha(meta)}, int(path.name.split("_")[1]))
+            finished.add(path.name, {**written[checkpoint_id], ".metadata": digest(meta)}, int(path.name.split("_")[1]))
         dist.barrier()  # dcp.save returns on every rank once .metadata is in place
 
     def load(state: dict[str, Any], checkpoint_id: str) -> None:
@@ -1220,7 +1222,7 @@ def test_sidecar_marker_of_a_replaced_file_is_recorded_and_a_stale_one_ignored(t
         100: pickle.dumps({"global_step": 100, "w": os.urandom(20000)}),
         200: pickle.dumps({"global_step": 200, "w": os.urandom(20000)}),
     }
-    step_of = {sha(data): step for step, data in versions.items()}
+    step_of = {digest(data): step for step, data in versions.items()}
     last = ckpts / "last.ckpt"
     with ckptsync.Syncer(ckpts, remote, state_dir=tmp_path / "state", **FAST):
         writer(str(last), versions[100])

@@ -144,12 +144,12 @@ def _files(root: Path) -> dict[str, tuple[bytes, int]]:
     return {p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mode & 0o7777) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _push(remote: Remote, tmp_path: Path) -> tuple[Path, fmt.Manifest]:
-    """Push checkpoint-5 and checkpoint-10; return checkpoint-10's folder and manifest."""
+def _push(remote: Remote, tmp_path: Path, algorithm: str = "blake3") -> tuple[Path, fmt.Manifest]:
+    """Push checkpoint-5 and checkpoint-10, hashed by ``algorithm``; return checkpoint-10's folder and manifest."""
     ckpts = tmp_path / "ckpts"
     ckpts.mkdir()
     source = _make_checkpoints(ckpts)
-    report = ckptsync.push(str(ckpts), remote.url, remote.options())
+    report = ckptsync.push(str(ckpts), remote.url, remote.options(hash_algorithm=algorithm))
     assert [r.status for r in report.results] == ["committed", "committed"]
     newest = next(r.manifest for r in report.results if r.name == "checkpoint-10")
     assert newest is not None
@@ -159,12 +159,14 @@ def _push(remote: Remote, tmp_path: Path) -> tuple[Path, fmt.Manifest]:
 # ---------------------------------------------------------------- restoring what ckptsync pushed
 
 
-def test_restores_a_pushed_remote_byte_for_byte(remote: Remote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    source, newest = _push(remote, tmp_path)
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
+def test_restores_a_pushed_remote_byte_for_byte(remote: Remote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, algorithm: str) -> None:
+    source, newest = _push(remote, tmp_path, algorithm)
     codecs = {c.codec for f in newest.files for c in f.chunks}
     # every codec today's writer chooses (bg8 is only read: widths of 8 come with rotation)
     assert codecs == set(fmt.CODECS) - {"bg8"}, "the remote must exercise every codec a writer writes"
-    assert newest.version == 6  # a file of several chunks: hashed by piece digest
+    # a file of several chunks: hashed by piece digest (6); BLAKE3 names (7)
+    assert (newest.version, newest.hash_algorithm) == ({"blake3": 7, "sha256": 6}[algorithm], algorithm)
     assert any(len(f.chunks) > 1 for f in newest.files)
     packed = {f.path for f in newest.files if f.chunks and f.chunks[0].is_part}
     assert {"tiny", "trainer_state.json", "sub/deeper/notes.txt"} <= packed, "small files must be packed into parts"
@@ -227,13 +229,15 @@ def test_returns_none_and_prints_nothing_on_an_empty_remote(remote: Remote, tmp_
 
 
 def test_restores_this_hosts_part_of_the_newest_complete_checkpoint(remote: Remote, tmp_path: Path) -> None:
-    def push(host: str, step: int) -> Path:
+    def push(host: str, step: int) -> Path:  # the hosts hash differently: the lead's files keep the lead's hash
         folder = tmp_path / "src" / host / str(step)
         ck = folder / f"checkpoint-{step}"
         ck.mkdir(parents=True)
         (ck / f"rng_state_{host[-1]}.pth").write_bytes(os.urandom(3000))  # one rank's file: never another host's
         (ck / "trainer_state.json").write_text(json.dumps({"global_step": step}))  # the same on both hosts
-        ckptsync.push(folder, remote.url, remote.options(host=host, hosts=("algo-1", "algo-2"), workers=1))
+        algorithm = "sha256" if host == "algo-1" else "blake3"
+        options = remote.options(host=host, hosts=("algo-1", "algo-2"), workers=1, hash_algorithm=algorithm)
+        ckptsync.push(folder, remote.url, options)
         return ck
 
     # only algo-1's part of the documented example is committed: incomplete, never restored
@@ -261,8 +265,8 @@ def test_restores_this_hosts_part_of_the_newest_complete_checkpoint(remote: Remo
 
 def test_skips_manifests_whose_codecs_or_parts_are_newer_than_their_version(remote: Remote, tmp_path: Path) -> None:
     source, newest = _push(remote, tmp_path)
-    assert newest.version == 6  # a file of several chunks: hashed by piece digest
-    for version, step in ((2, 99), (3, 98)):  # 2: codecs and parts too new; 3: parts too new
+    assert newest.version == 7  # BLAKE3 names
+    for version, step in ((2, 99), (3, 98), (6, 97)):  # 2: codecs, parts and hash too new; 3: parts and hash; 6: hash
         bad = json.loads(fmt.encode_manifest(newest))
         bad.update(version=version, name=f"checkpoint-{step}", step=step, commit=fmt.new_commit_id(newest.created, "algo-1"))
         with pytest.raises(FormatError, match="needs format version") as e:

@@ -28,18 +28,21 @@ prune_mod = importlib.import_module("ckptsync.retention")
 
 def test_push_writes_a_version_5_part_with_a_group_and_single_hosts_without(tmp_path: Path) -> None:
     example = json.loads(docs.block(DESIGN, "example-manifest-v2", "json"))
-    for hosts, version in ((("algo-1", "algo-2"), 5), (("algo-1",), 1), ((), 1)):
-        folder = tmp_path / f"src-{len(hosts)}"
+    cases = ((("algo-1", "algo-2"), "sha256", 5), (("algo-1",), "sha256", 1), ((), "sha256", 1), (("algo-1", "algo-2"), "blake3", 7))
+    for hosts, algorithm, version in cases:
+        folder = tmp_path / f"src-{len(hosts)}-{algorithm}"
         (folder / "checkpoint-1200").mkdir(parents=True)
         (folder / "checkpoint-1200" / "rng_state_0.pth").write_bytes(os.urandom(1000))
-        remote = tmp_path / f"remote-{len(hosts)}"
+        remote = tmp_path / f"remote-{len(hosts)}-{algorithm}"
         remote.mkdir()
-        report = ckptsync.push(folder, f"file://{remote}", ckptsync.Options(host="algo-1", hosts=hosts, workers=1))
+        report = ckptsync.push(
+            folder, f"file://{remote}", ckptsync.Options(host="algo-1", hosts=hosts, workers=1, hash_algorithm=algorithm)
+        )
         assert [r.status for r in report.results] == ["committed"]
         [path] = (remote / ("parts" if hosts[1:] else "manifests")).rglob("*.json")
         written = json.loads(path.read_bytes())
-        assert written["version"] == version
-        if version == 5:  # a part: the host set by digest, algo-1 (the first given) leads
+        assert (written["version"], written["hash_algorithm"]) == (version, algorithm)
+        if hosts[1:]:  # a part: the host set by digest, algo-1 (the first given) leads
             assert set(written) == set(example) - {"hosts"} | {"group"}
             assert written["group"] == {"id": fmt.group_id(hosts), "hosts": 2, "lead": "algo-1", "role": "part"}
         else:  # the lowest version that can express the manifest; no hosts member

@@ -87,8 +87,7 @@ def test_single_host_manifests_are_written_without_hosts(tmp_path, remote):
     host_folder(tmp_path, "solo", 1)
     ckptsync.push(tmp_path / "solo", remote, Options(host="solo", hosts=("solo",)))
     [ck] = ckptsync.list_checkpoints(remote)
-    parts = any(c.is_part for f in ck.manifest.files for c in f.chunks)  # small files packed: version 4
-    assert ck.hosts == () and not ck.manifest.hosts and ck.manifest.version == (4 if parts else 1)
+    assert ck.hosts == () and not ck.manifest.hosts and ck.manifest.version == 7  # no hosts; BLAKE3 names (the default)
 
 
 def test_the_first_host_given_leads_whatever_its_name(tmp_path, remote):

@@ -8,6 +8,7 @@ import zstandard
 
 from ckptsync import codec
 from ckptsync.errors import IntegrityError
+from ckptsync.hashes import hash_hex
 
 
 def _floats(n: int) -> bytes:
@@ -22,14 +23,14 @@ def _floats(n: int) -> bytes:
 )
 def test_round_trip(data):
     name, stored = codec.encode(data)
-    digest = codec.sha256_hex(data)
+    digest = hash_hex("sha256", data)
     assert codec.decode(name, bytes(stored), len(data), digest) == data
 
 
 def test_round_trip_on_float_weights():
     data = _floats(1 << 18)
     name, stored = codec.encode(data)
-    assert codec.decode(name, bytes(stored), len(data), codec.sha256_hex(data)) == data
+    assert codec.decode(name, bytes(stored), len(data), hash_hex("sha256", data)) == data
 
 
 def test_incompressible_data_is_stored_raw_and_compressible_as_zstd():
@@ -42,7 +43,7 @@ def test_corrupt_raw_chunk_is_detected():
     bad = bytearray(data)
     bad[10] ^= 1
     with pytest.raises(IntegrityError, match="does not match"):
-        codec.decode("raw", bytes(bad), len(data), codec.sha256_hex(data))
+        codec.decode("raw", bytes(bad), len(data), hash_hex("sha256", data))
 
 
 def test_frame_declaring_more_than_the_manifest_is_rejected_before_decompressing():

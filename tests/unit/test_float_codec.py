@@ -13,6 +13,7 @@ import pytest
 from ckptsync import codec
 from ckptsync.chunking import PACK_TARGET, safetensors_header_length, safetensors_plan
 from ckptsync.errors import IntegrityError
+from ckptsync.hashes import hash_hex
 
 DATA = Path(__file__).parent.parent / "data" / "minilm-slice.safetensors"
 
@@ -50,7 +51,7 @@ def test_byte_grouping_round_trips_real_weights_and_beats_plain_zstd(kind):
     data = REAL[kind]()
     name, stored = codec.encode(data, WIDTH[kind])
     assert name == f"bgr{WIDTH[kind]}"  # a known float width: the rotated layout
-    assert codec.decode(name, bytes(stored), len(data), codec.sha256_hex(data)) == data
+    assert codec.decode(name, bytes(stored), len(data), hash_hex("sha256", data)) == data
     plain = codec._compressor().compress(data)
     assert len(stored) < len(plain)
 
@@ -60,13 +61,13 @@ def test_probe_finds_float_layout_without_a_hint(kind):
     data = REAL[kind]()
     name, stored = codec.encode(data)
     assert name.startswith("bg") or name == "zstd"
-    assert codec.decode(name, bytes(stored), len(data), codec.sha256_hex(data)) == data
+    assert codec.decode(name, bytes(stored), len(data), hash_hex("sha256", data)) == data
 
 
 def test_grouped_round_trip_with_a_tail_that_is_not_a_whole_element():
     data = REAL["fp32"]()[:40_003]
     name, stored = codec.encode(data, 4)
-    assert codec.decode(name, bytes(stored), len(data), codec.sha256_hex(data)) == data
+    assert codec.decode(name, bytes(stored), len(data), hash_hex("sha256", data)) == data
 
 
 def test_low_mantissa_planes_are_stored_raw_and_exponent_plane_compressed():
@@ -99,7 +100,7 @@ def test_corrupt_grouped_objects_are_rejected(mutate):
     else:
         del bad[len(bad) // 2 :]
     with pytest.raises(IntegrityError):
-        codec.decode("bgr4", bytes(bad), len(data), codec.sha256_hex(data))
+        codec.decode("bgr4", bytes(bad), len(data), hash_hex("sha256", data))
 
 
 def test_a_grouped_plane_cannot_inflate_past_its_size():
@@ -109,7 +110,7 @@ def test_a_grouped_plane_cannot_inflate_past_its_size():
     bomb_plane = zstandard.ZstdCompressor().compress(bytes(64 << 20))
     obj = struct.pack("<B", 2) + struct.pack("<BI", 1, len(bomb_plane)) + struct.pack("<BI", 0, 500) + bomb_plane + bytes(500)
     with pytest.raises(IntegrityError):
-        codec.decode("bg2", obj, len(data), codec.sha256_hex(data))
+        codec.decode("bg2", obj, len(data), hash_hex("sha256", data))
 
 
 def test_safetensors_plan_cuts_at_tensor_boundaries_with_the_header_alone():
@@ -137,7 +138,7 @@ def test_header_changes_do_not_change_tensor_chunks():
     for blob in (raw, other):
         n = safetensors_header_length(blob[:8], len(blob))
         plan = safetensors_plan(blob[8 : 8 + n], len(blob))
-        chunks.append([codec.sha256_hex(blob[s.offset : s.offset + s.length]) for s in plan])
+        chunks.append([hash_hex("sha256", blob[s.offset : s.offset + s.length]) for s in plan])
     assert chunks[0][0] != chunks[1][0]
     assert chunks[0][1:] == chunks[1][1:]
 
@@ -200,7 +201,7 @@ def test_every_grouped_codec_round_trips_real_weights_with_the_documented_planes
     data = REAL[kind]()[: 3 * 4099 * width + 3]  # several thousand elements and an odd tail
     stored = codec._group_encode(data, width, rotate)
     assert stored[0] == width
-    assert codec.decode(name, stored, len(data), codec.sha256_hex(data)) == data
+    assert codec.decode(name, stored, len(data), hash_hex("sha256", data)) == data
     expected = reference_planes(data[: 257 * width + 1], width, rotate)
     small = codec._group_encode(data[: 257 * width + 1], width, rotate)
     assert planes_of(small, width, 257) == expected
@@ -232,7 +233,7 @@ def test_probed_chunks_keep_the_version_3_layout():
     data = REAL["fp32"]()
     name, stored = codec.encode(data)
     assert name in ("bg2", "bg4", "zstd")
-    assert codec.decode(name, bytes(stored), len(data), codec.sha256_hex(data)) == data
+    assert codec.decode(name, bytes(stored), len(data), hash_hex("sha256", data)) == data
 
 
 def test_objects_of_the_version_3_encoder_still_decode():
@@ -244,7 +245,7 @@ def test_objects_of_the_version_3_encoder_still_decode():
     planes, tail = reference_planes(data, 2, rotate=False)
     frame = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(planes[1])
     obj = struct.pack("<BBIBI", 2, 0, count, 1, len(frame)) + planes[0] + frame + tail
-    assert codec.decode("bg2", obj, len(data), codec.sha256_hex(data)) == data
+    assert codec.decode("bg2", obj, len(data), hash_hex("sha256", data)) == data
 
 
 @pytest.mark.parametrize("width", [2, 4, 8])
@@ -252,12 +253,12 @@ def test_objects_of_the_version_3_encoder_still_decode():
 def test_tiny_and_odd_sizes_round_trip_in_every_layout(width, size):
     data = (REAL["fp64"]() * 3)[:size]
     name, stored = codec.encode(data, width)
-    assert codec.decode(name, bytes(stored), size, codec.sha256_hex(data)) == data
+    assert codec.decode(name, bytes(stored), size, hash_hex("sha256", data)) == data
     for rotate in (False, True):  # the layouts themselves, even where encode() would store raw
         obj = codec._group_encode(data, width, rotate)
         assert len(obj) == 1 + 5 * width + sum(struct.unpack_from("<I", obj, 2 + 5 * i)[0] for i in range(width)) + size % width
         name = f"bgr{width}" if rotate else f"bg{width}"
-        assert codec.decode(name, obj, size, codec.sha256_hex(data)) == data
+        assert codec.decode(name, obj, size, hash_hex("sha256", data)) == data
 
 
 def test_a_plane_that_compresses_only_past_its_first_tensor_is_compressed():
@@ -298,7 +299,7 @@ def test_corrupt_rotated_objects_are_rejected(name, mutate):
         head = struct.pack("<B", width) + b"".join(struct.pack("<BI", 0, count) for _ in range(width - 1))
         stored = bytearray(head + struct.pack("<BI", 1, len(frame)) + b"".join(planes[:-1]) + frame + tail)
     with pytest.raises(IntegrityError):
-        codec.decode(name, bytes(stored), len(data), codec.sha256_hex(data))
+        codec.decode(name, bytes(stored), len(data), hash_hex("sha256", data))
 
 
 def test_a_rotated_plane_cannot_inflate_past_its_size():
@@ -308,14 +309,14 @@ def test_a_rotated_plane_cannot_inflate_past_its_size():
     bomb = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(64 << 20))
     obj = struct.pack("<BBIBI", 2, 0, 500, 1, len(bomb)) + bytes(500) + bomb
     with pytest.raises(IntegrityError):
-        codec.decode("bgr2", obj, len(data), codec.sha256_hex(data))
+        codec.decode("bgr2", obj, len(data), hash_hex("sha256", data))
 
 
 def test_random_mutations_of_a_rotated_object_never_escape_as_another_error():
     data = REAL["fp32"]()[:40_003]
     stored = codec._group_encode(data, 4)
     rng = np.random.default_rng(11)
-    digest = codec.sha256_hex(data)
+    digest = hash_hex("sha256", data)
     for _ in range(300):
         bad = bytearray(stored)
         for pos in rng.integers(0, len(bad), size=int(rng.integers(1, 4))):

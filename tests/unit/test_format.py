@@ -178,6 +178,15 @@ def test_the_piece_digest_is_the_content_hash_for_at_most_one_piece_and_a_prefix
     assert fmt.piece_digest([a, b]) != fmt.piece_digest([b, a])
 
 
+def test_the_piece_digest_of_a_blake3_manifest_is_blake3_throughout() -> None:
+    from blake3 import blake3
+
+    a, b = blake3(b"a").hexdigest(), blake3(b"b").hexdigest()
+    assert fmt.piece_digest([], "blake3") == blake3(b"").hexdigest() != fmt.piece_digest([])
+    assert fmt.piece_digest([a], "blake3") == a
+    assert fmt.piece_digest([a, b], "blake3") == blake3(b"ckptsync.pieces\n" + bytes.fromhex(a) + bytes.fromhex(b)).hexdigest()
+
+
 def _two_chunk_manifest(pieces: bool) -> fmt.Manifest:
     data = [b"x" * 10, b"y" * 5]
     refs = tuple(fmt.ChunkRef(hashlib.sha256(d).hexdigest(), len(d), len(d), "raw") for d in data)

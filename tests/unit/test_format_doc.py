@@ -62,9 +62,9 @@ PREFIX = "runs/exp1"
 
 
 def test_the_spec_stays_short_and_names_no_code_module() -> None:
-    """FORMAT.md is the normative spec only (at most 1,050 lines for five versions); it must stand without the code."""
+    """FORMAT.md is the normative spec only (at most 1,070 lines for seven versions); it must stand without the code."""
     text = docs.text(FORMAT)
-    assert len(text.splitlines()) <= 1050, "move writer behaviour and rationale to DESIGN.md"
+    assert len(text.splitlines()) <= 1070, "move writer behaviour and rationale to DESIGN.md"
     assert set(re.findall(r"[\w/]+\.py\b", text)) <= {"examples/restore_by_hand.py"}
     assert "ckptsync/" not in text.replace("ckptsync/0.1.0", "")
 
