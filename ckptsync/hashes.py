@@ -20,7 +20,7 @@ HASH_ALGORITHM = "sha256"
 DEFAULT_HASH = "blake3"
 #: The hashes a manifest may name its chunks and files by, and the format version each needs.
 HASH_SINCE = {"sha256": 1, "blake3": 7}
-HASH_ALGORITHMS = tuple(HASH_SINCE)
+HASH_ALGORITHMS = (DEFAULT_HASH, *sorted(set(HASH_SINCE) - {DEFAULT_HASH}))
 
 
 class Hasher(Protocol):

@@ -96,6 +96,10 @@ class Options:
     #: The hash that names the chunks of new checkpoints (``--hash``).
     hash_algorithm: str = DEFAULT_HASH
 
+    def __post_init__(self) -> None:
+        if self.hash_algorithm not in HASH_ALGORITHMS:
+            raise UsageError(f"unknown hash {self.hash_algorithm!r}", f"use one of {', '.join(HASH_ALGORITHMS)}")
+
 
 @dataclass(frozen=True)
 class WatchOptions:

@@ -96,6 +96,12 @@ def test_the_cli_flag_chooses_the_hash_and_rejects_others(tmp_path: Path) -> Non
     assert json.loads(key.read_bytes())["hash_algorithm"] == "sha256"
 
 
+def test_the_python_api_refuses_an_unknown_hash_before_any_work() -> None:
+    with pytest.raises(ckptsync.UsageError, match="unknown hash 'md5'") as e:
+        ckptsync.Options(hash_algorithm="md5")
+    assert e.value.hint == "use one of blake3, sha256"
+
+
 def test_a_chunk_is_checked_under_its_manifests_hash_only() -> None:
     data = os.urandom(100_000)
     named_sha, named_b3 = hashlib.sha256(data).hexdigest(), hash_hex("blake3", data)
