@@ -35,6 +35,7 @@ from .hashes import hash_hex, new_hasher
 from .logs import printable
 from .repository import ManifestRecord, Repository
 from .restore_plan import Fetch, LocalView, RestorePlan, plan_restore
+from .writeback import Flusher, write_at
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +243,7 @@ def _fetch_all(
     # One writer per file at a time: concurrent writes to one file contend for its inode lock,
     # and the kernel spins on that lock, burning CPU, where a Python lock sleeps.
     writing = [threading.Lock() for _ in sinks]
+    flusher = Flusher(sinks)
 
     def fetch(job: Fetch) -> None:
         ref = job.ref
@@ -257,7 +259,8 @@ def _fetch_all(
                 if t.start + t.length > len(view):
                     raise IntegrityError(f"chunk {ref.hash} is {len(view)} bytes, shorter than the part the manifest names")
                 with writing[t.file]:
-                    _pwrite_all(sinks[t.file], view[t.start : t.start + t.length], t.offset)
+                    write_at(sinks[t.file], view[t.start : t.start + t.length], t.offset)
+                flusher.landed(t.file, t.length)
                 hashes.landed(t.file, t.offset, view[t.start : t.start + t.length])
             crashpoints.reached("restore-chunk")
             with lock:
@@ -278,15 +281,18 @@ def _fetch_all(
     # the number of chunks.
     pending: list[Future[None]] = []
     errors: list[BaseException] = []
-    with BoundedExecutor(workers, 2 * max(1, workers), name="ckptsync-restore") as pool:
-        for job in fetches:
-            with pool.reserve(1) as hold:
-                if failed.is_set():
-                    break
-                pending.append(pool.submit(fetch, job, hold=hold))
-            if len(pending) > 8 * max(1, workers):
-                pending = _unfinished(pending, errors)
-    _unfinished(pending, errors, wait=True)
+    try:
+        with BoundedExecutor(workers, 2 * max(1, workers), name="ckptsync-restore") as pool:
+            for job in fetches:
+                with pool.reserve(1) as hold:
+                    if failed.is_set():
+                        break
+                    pending.append(pool.submit(fetch, job, hold=hold))
+                if len(pending) > 8 * max(1, workers):
+                    pending = _unfinished(pending, errors)
+        _unfinished(pending, errors, wait=True)
+    finally:
+        flusher.close()  # before the files are closed
     if errors:
         raise errors[0]
 
@@ -390,23 +396,6 @@ class FileHashes:
                 raise IntegrityError(
                     f"file {entry.path} does not match its whole-file hash after assembly (inconsistent manifest)", path=entry.path
                 )
-
-
-# Restored bytes are written in pieces of this size. On virtual machines that hand free memory
-# back to the host (virtio free-page reporting), the page cache a restore fills is memory the host
-# must fault in again, and 4 MiB writes paid that about three times over: writing 1 GiB into
-# memory freed a few seconds earlier cost 3.1-3.5 system CPU-s in 4 MiB writes and 1.0-1.3 s in
-# 64 KiB writes; a whole 1 GiB restore in that state went from 5.6 to 4.1 CPU-s. With memory
-# ready, the piece size makes no measurable difference (16 000 more system calls per GiB).
-WRITE_PIECE = 64 << 10
-
-
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view[:WRITE_PIECE], offset)
-        view = view[n:]
-        offset += n
 
 
 # ---------------------------------------------------------------- what is already local

@@ -460,7 +460,7 @@ def test_restore_over_an_existing_folder_warns_which_local_files_it_discards(rem
 def test_restore_writes_bounded_pieces_one_writer_per_file(remote, ckdir, tmp_path, monkeypatch):
     """Restored bytes land in pieces of at most WRITE_PIECE, and never by two threads into one file
     at once (the kernel spins on the file's lock; large writes cost host faults on some VMs)."""
-    from ckptsync import download
+    from ckptsync import download, writeback
 
     ck = ckdir / "checkpoint-1"
     ck.mkdir()
@@ -491,5 +491,29 @@ def test_restore_writes_bounded_pieces_one_writer_per_file(remote, ckdir, tmp_pa
     out = tmp_path / "out"
     ckptsync.restore(remote, out, options=Options(workers=4))
     assert tree(out) == tree(ckdir)
-    assert sizes and max(sizes) <= download.WRITE_PIECE
+    assert sizes and max(sizes) <= writeback.WRITE_PIECE
     assert overlaps == []
+
+
+def test_restore_flushes_each_file_in_steps_while_it_lands(remote, ckdir, tmp_path, monkeypatch):
+    """A file is flushed every FLUSH_STEP bytes landed, on the way, not only by the final fsync."""
+    from ckptsync import writeback
+
+    ck = ckdir / "checkpoint-1"
+    ck.mkdir()
+    (ck / "a.bin").write_bytes(os.urandom(5 * (4 << 20)))
+    (ck / "small.txt").write_text("not flushed on the way: below one step")
+    ckptsync.push(ckdir, remote)
+    monkeypatch.setattr(writeback, "FLUSH_STEP", 4 << 20)
+    flushed: list[int] = []
+    real = writeback._datasync
+
+    def datasync(fd: int) -> None:
+        flushed.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(writeback, "_datasync", datasync)
+    out = tmp_path / "out"
+    ckptsync.restore(remote, out, options=Options(workers=4))
+    assert tree(out) == tree(ckdir)
+    assert flushed and set(flushed) == {(out / "checkpoint-1" / "a.bin").stat().st_ino}
