@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from tests.helpers import run_python
+import subprocess
+from pathlib import Path
+
+from tests.helpers import run_python, start_python
 
 
 def test_cli_import_loads_no_heavy_dependency() -> None:
@@ -37,3 +40,50 @@ def test_no_module_shares_a_name_with_a_public_function() -> None:
     )
     out = run_python("-c", code, check=True).stdout
     assert out.split() == ["True", "True", "True", "RestoreResult", "Syncer"]
+
+
+def test_the_command_exits_with_its_code_and_all_its_output() -> None:
+    """The executable skips the interpreter's teardown, never the output still buffered or the exit code."""
+    code = (
+        "import sys\n"
+        "from ckptsync.cli import entry, main\n"
+        "@main.command('bulk')\n"
+        "def bulk():\n"
+        "    for i in range(100000):\n"
+        "        print(i)  # the last lines still in the buffer at exit\n"
+        "    sys.exit(3)\n"
+        "sys.argv = ['ckptsync', 'bulk']\n"
+        "entry()\n"
+    )
+    done = run_python("-c", code, env={"PYTHONUNBUFFERED": ""})  # output buffered, as by default
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.split() == [str(i) for i in range(100000)]
+
+
+def test_the_command_waits_for_a_thread_it_left_running(tmp_path: Path) -> None:
+    """A thread still running when the command returns is waited for, as by the ordinary exit."""
+    out = tmp_path / "finished"
+    code = (
+        "import sys, threading\n"
+        "from pathlib import Path\n"
+        "from ckptsync.cli import entry, main\n"
+        "@main.command('leave')\n"
+        "def leave():\n"
+        "    def finish():\n"
+        "        sys.stdin.read()  # until the test closes it\n"
+        f"        Path({str(out)!r}).write_text('done')\n"
+        "    threading.Thread(target=finish).start()\n"
+        "    print('started', flush=True)\n"
+        "sys.argv = ['ckptsync', 'leave']\n"
+        "entry()\n"
+    )
+    child = start_python("-c", code, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline() == "started\n"
+        child.stdin.close()
+        assert child.wait(timeout=60) == 0
+    finally:
+        child.kill()
+        child.wait()
+    assert out.read_text() == "done"
