@@ -987,6 +987,9 @@ def snapshot_ckptsync(out: Path, env: dict) -> tuple[str, str]:
     for attempt in range(10):
         shutil.rmtree(snap, ignore_errors=True)
         shutil.copytree(ROOT / "ckptsync", snap / "ckptsync", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        # Byte-compiled, as pip compiles an installed package (and the other tools' Python files):
+        # where PYTHONDONTWRITEBYTECODE is set, every run would otherwise compile ckptsync anew.
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(snap / "ckptsync")], check=True, timeout=120, capture_output=True)
         probe = subprocess.run(
             [sys.executable, "-c", "import ckptsync, ckptsync.cli, ckptsync.upload, ckptsync.recovery; print(ckptsync.__file__)"],
             capture_output=True,
