@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
-from . import crashpoints
+from . import crashpoints, heap
 from . import format as fmt
 from .errors import IntegrityError, LocalError, UsageError
 from .executor import BoundedExecutor
@@ -110,7 +110,11 @@ def restore_checkpoint(
         remove_dead_staging(target_dir, log)
         staging = new_staging(target_dir)
         built = staging / m.name
-        _build(repo, plan, built, result, workers, progress, umask)
+        heap.keep_buffers()
+        try:
+            _build(repo, plan, built, result, workers, progress, umask)
+        finally:
+            heap.give_back()
         fsync_dir(staging)
         replaced = describe_replaced(final, m, local)
         crashpoints.reached("before-rename")
