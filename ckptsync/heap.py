@@ -7,8 +7,8 @@ and trims each thread's heap once a few MiB at its top are free, so most chunks
 got new pages: zeroed by the kernel and, on a virtual machine that hands free
 memory back to its host (virtio free-page reporting, ballooning), faulted in
 once more by the host. A 1 GiB restore took 64 000 page faults for 1 GiB of
-data; right after another program had written 1 GiB, a third of its system time
-went to them.
+data; right after another program had written 1 GiB, they cost over a quarter of
+its CPU time.
 
 :func:`keep_buffers` sets the heap to what glibc's own adaptive thresholds reach
 once a process has freed a 32 MiB buffer: buffers up to 32 MiB come from the
