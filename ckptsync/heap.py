@@ -22,9 +22,9 @@ free. Elsewhere than glibc both do nothing.
 from __future__ import annotations
 
 import ctypes
+import functools
 import platform
 import sys
-import threading
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -33,25 +33,18 @@ _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
 
-_lock = threading.Lock()
-_libc: ctypes.CDLL | None = None
-_looked = False
 
-
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    global _libc, _looked
-    with _lock:
-        if not _looked:
-            _looked = True
-            if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
-                try:
-                    libc = ctypes.CDLL(None)
-                    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-                    libc.malloc_trim.argtypes = [ctypes.c_size_t]
-                    _libc = libc
-                except (OSError, AttributeError):
-                    _libc = None
-        return _libc
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def keep_buffers() -> bool:
