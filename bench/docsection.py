@@ -19,6 +19,11 @@ def kept(path: Path) -> str:
     return "".join(m.group(0) for m in _SECTION.finditer(text))
 
 
+def strip_sections(text: str) -> str:
+    """``text`` without its sections: what the harness that rewrites the whole file wrote by hand."""
+    return _SECTION.sub("", text)
+
+
 def replace(path: Path, name: str, body: str) -> None:
     """Write section ``name`` of ``path`` with ``body`` (markdown), in place or at the end."""
     text = path.read_text(encoding="utf-8") if path.exists() else ""

@@ -788,7 +788,7 @@ def write_doc(path: Path, res: dict) -> None:
         "ckptsync against the tools people already use to copy checkpoints to S3: `aws s3 sync`, `rclone copy` and a",
         "boto3 `upload_file` loop, all talking to the same local S3-compatible server (`rclone serve s3` on 127.0.0.1).",
         "This file is written by the harness (`bench/run.sh`) from its latest run, and its last sections by",
-        "`bench/scale.py` and `bench/bigcheckpoint.py`; edit the harnesses, not this file.",
+        "`bench/scale.py`, `bench/bigcheckpoint.py` and `bench/sidebyside.py`; edit the harnesses, not this file.",
         "",
     ]
     L += [
@@ -958,11 +958,13 @@ def write_doc(path: Path, res: dict) -> None:
         "- A run at a reduced `--scale` has smaller checkpoints, where per-process start-up weighs more.",
         "",
     ]
-    # The profile section is written by hand from bench/profile_push.py's output: keep it.
+    # The profile section is written by hand from bench/profile_push.py's output: keep it, without
+    # the sections other harnesses write after it (carried over below, once).
+    from docsection import kept, strip_sections  # sections written by bench/scale.py, sidebyside.py, ...
+
     old = path.read_text() if path.exists() else ""
     if PROFILE_HEADING in old:
-        L += [old[old.index(PROFILE_HEADING) :].rstrip("\n"), ""]
-    from docsection import kept  # sections written by bench/scale.py and bench/bigcheckpoint.py
+        L += [strip_sections(old[old.index(PROFILE_HEADING) :]).rstrip("\n"), ""]
 
     extra = kept(path)
     path.write_text("\n".join(L) + ("\n" + extra if extra else ""))
