@@ -47,3 +47,44 @@ def test_freed_buffers_are_reused_without_new_page_faults() -> None:
     assert all(n >= pages // 2 for n in default["faults"][1:]), default
     # kept: only the first round's buffers are new pages
     assert sum(kept["faults"][1:]) < pages // 4, kept
+
+
+# Four threads, alive at once, each take a buffer; then glibc lists its arenas (malloc_stats, on stderr).
+_ARENAS = """
+import ctypes, sys, threading
+from ckptsync import heap
+one = heap.one_arena() if sys.argv[1] == "one" else None
+together = threading.Barrier(4)
+def work():
+    b = bytearray(1 << 20)
+    together.wait()
+    del b
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(one)
+sys.stdout.flush()
+ctypes.CDLL(None).malloc_stats()
+"""
+
+
+def _arenas(mode: str, **env: str) -> tuple[str, int]:
+    p = run_python("-c", _ARENAS, mode, check=True, env=env)
+    return p.stdout.strip(), p.stderr.count("Arena ")
+
+
+def test_one_arena_serves_every_thread_from_one_heap() -> None:
+    if platform.libc_ver()[0] != "glibc":
+        assert _arenas("one")[0] == "False"
+        return
+    assert _arenas("default")[1] == 5  # glibc's default: the main arena and one for each new thread
+    assert _arenas("one") == ("True", 1)
+
+
+def test_one_arena_leaves_the_users_choice_alone() -> None:
+    if platform.libc_ver()[0] != "glibc":
+        return
+    assert _arenas("one", MALLOC_ARENA_MAX="3") == ("False", 3)
+    assert _arenas("one", GLIBC_TUNABLES="glibc.malloc.arena_max=2") == ("False", 2)
