@@ -1,15 +1,4 @@
-"""The C heap of ckptsync: one arena for the executable; chunk buffers reused during a restore (glibc).
-
-glibc gives each new thread that allocates its own arena (up to eight per core),
-and each arena keeps the chunk buffers its thread freed. The ``ckptsync``
-executable's workers all allocate and free buffers of the same few sizes, so
-:func:`one_arena` puts them in one heap, where a buffer one worker freed serves
-the next chunk of any other: peak RSS of a push 179 -> 148 MB (the run.sh
-``full`` series, four checkpoints) and 155 -> 141 MB (one 1 GiB checkpoint), of a
-1 GiB restore 168 -> 157 MB, for the same CPU (paired runs, medians of 5-6).
-Nearly all of these allocations happen while holding Python's GIL, so the
-arena's lock is not contended. It is set for the executable only, never in a
-process that imports ckptsync as a library.
+"""The C heap during a restore: chunk buffers reused, not handed back and faulted in again (glibc).
 
 A restore allocates a few buffers of a few MiB for every chunk, on its worker
 threads: the response body, the decompressed planes, the rebuilt chunk. glibc
@@ -34,13 +23,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import platform
 import sys
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_M_ARENA_MAX = -8
 #: glibc's largest adaptive mmap threshold (``DEFAULT_MMAP_THRESHOLD_MAX`` on 64-bit), and the trim
 #: threshold it pairs with it (twice the mmap threshold).
 MMAP_THRESHOLD = 32 << 20
@@ -58,18 +45,6 @@ def _glibc() -> ctypes.CDLL | None:
     except (OSError, AttributeError):
         return None
     return libc
-
-
-def one_arena() -> bool:
-    """Have every thread allocate from one heap (glibc's main arena); call it before any thread starts.
-
-    False, and nothing changed, where the C library is not glibc or where the user
-    chose the arenas (``MALLOC_ARENA_MAX``, or ``arena_max`` in ``GLIBC_TUNABLES``).
-    """
-    libc = _glibc()
-    if libc is None or "MALLOC_ARENA_MAX" in os.environ or "arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
-        return False
-    return bool(libc.mallopt(_M_ARENA_MAX, 1))
 
 
 def keep_buffers() -> bool:

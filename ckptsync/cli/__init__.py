@@ -15,7 +15,6 @@ from typing import NoReturn
 
 import click
 
-from .. import heap
 from .._version import __version__
 from ..executor import quiet_blas
 
@@ -43,10 +42,7 @@ def entry() -> NoReturn:
     the process exits with the command's code. If any other thread still runs (one a
     command left behind), or the output cannot be flushed, the exit is the ordinary one,
     which waits for the thread or reports the error as Python always does.
-
-    Before anything runs, the C heap is set to one arena for all threads (:func:`ckptsync.heap.one_arena`).
     """
-    heap.one_arena()
     try:
         main()  # click's standalone mode: always ends in SystemExit
         code: object = 0
