@@ -179,13 +179,16 @@ def _build(
         _fetch_all(repo, plan.fetches, sinks, plan, result, workers, progress, hashes)
         hashes.check()
         for entry, fd in zip(plan.write, sinks, strict=True):
+            os.fchmod(fd, restored_mode(entry.mode, umask))  # through the open file: no second lookup
             os.fsync(fd)
             result.bytes_written += entry.size
     finally:
         for fd in sinks:
             os.close(fd)
+    written = {entry.path for entry in plan.write}
     for entry in m.files:
-        os.chmod(_path(root, m, entry), restored_mode(entry.mode, umask), follow_symlinks=False)
+        if entry.path not in written:  # linked or copied from a local file
+            os.chmod(_path(root, m, entry), restored_mode(entry.mode, umask), follow_symlinks=False)
     if m.kind == "dir":
         for folder in sorted(plan.folders, key=lambda f: -f.count("/")):
             fsync_dir(root.joinpath(*folder.split("/")))
