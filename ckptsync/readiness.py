@@ -14,6 +14,14 @@ writers may still be active, nothing in it changed for ``settle`` seconds (2 s
 with a completion signal; an entry renamed into place from a temporary name
 counts as signalled until something writes in it again), both by the watcher's account and by its files'
 mtimes, and no file of a single-file checkpoint is still open for writing.
+A signalled entry needs no settling once it is *superseded*: a checkpoint with a
+higher step, every file of which is newer than every file of this one, says its
+writer finished this one and moved on (trainers save in order; a rank still
+saving holds the others at their next collective). Only the newest signalled
+entry is taken so, so that the newest complete checkpoint still goes first. That is what lets a trainer
+that saves every few hundred milliseconds and rotates its folders quickly still
+get checkpoints committed. Two scans that agree are still required, so that a
+folder the trainer's rotation is deleting is never taken from one scan.
 During a drain, an entry that became complete only after the drain began
 needs a completion signal: a trainer killed mid-save must not be committed.
 """
@@ -129,10 +137,16 @@ class Tracker:
         self.dirty.update(self.entries)
 
     def to_evaluate(self) -> set[str]:
-        """The entries to scan now (and forget as dirty)."""
+        """The entries to scan now (and forget as dirty).
+
+        An entry that changed while it uploads stays dirty, to be scanned once its upload
+        ended: the upload reads a snapshot, so it commits the version it started with, and
+        the new one must not wait for the next rescan of the folder.
+        """
         names = set(self.dirty) | {n for n, e in self.entries.items() if e.status in ("pending", "ready")}
-        self.dirty.clear()
-        return {n for n in names if n in self.entries and self.entries[n].status != "uploading"}
+        uploading = {n for n in names if n in self.entries and self.entries[n].status == "uploading"}
+        self.dirty &= uploading
+        return {n for n in names if n in self.entries} - uploading
 
     def gone(self, name: str) -> None:
         """A scan found the entry deleted."""
@@ -146,6 +160,7 @@ class Tracker:
         if e is None or e.status == "uploading":
             return
         fingerprint = obs.fingerprint
+        stable = e.fingerprint == fingerprint
         if e.fingerprint is not None and e.fingerprint != fingerprint:
             e.last_change = max(e.last_change, now)
             if e.status == "committed":
@@ -163,7 +178,7 @@ class Tracker:
         if not obs.verdict.ready:
             self._pending(e, obs.verdict.reason)
             return
-        if not self.writers_gone:
+        if not self.writers_gone and not (e.signal and stable and not e.open_writes and self._superseded(e, obs)):
             waiting = self._still_settling(e, obs, now, wall)
             if waiting:
                 self._pending(e, waiting)
@@ -183,6 +198,22 @@ class Tracker:
         if self.draining and not e.ready_at_drain and not e.signal:
             return "became complete after shutdown began without a completion signal"
         return None
+
+    def _superseded(self, e: Entry, obs: Observation) -> bool:
+        """Whether a checkpoint with a higher step was written entirely after every file of ``e``,
+        and none with a higher step carries a signal (that one goes first, after its own settling)."""
+        step = obs.ckpt.score.step
+        if step is None:
+            return False
+        newest, superseded = obs.newest_mtime, False
+        for other in self.entries.values():
+            o = other.ckpt
+            if other is e or o is None or o.score.step is None or o.score.step <= step:
+                continue
+            if other.signal:
+                return False
+            superseded = superseded or (bool(o.files) and min(f.signature[1] for f in o.files) / 1e9 > newest)
+        return superseded
 
     @staticmethod
     def _pending(e: Entry, reason: str) -> None:

@@ -99,3 +99,48 @@ def test_s31_rotation_with_save_total_limit_1_on_a_slow_link_still_commits_the_n
     assert len(committed) >= 3, f"only {committed} committed of {step} saves\n{log[-3000:]}"
     assert identical, f"{newest} not restored byte-identical: {restored.stderr}"
     assert not remaining, remaining
+
+
+def _save_in_place(folder: Path, step: int, size: int) -> dict[str, tuple[str, int]]:
+    """One save as Hugging Face's Trainer does it: files written in place, ``trainer_state.json`` last."""
+    d = folder / f"checkpoint-{step}"
+    d.mkdir()
+    (d / "config.json").write_text('{"model_type": "toy"}')
+    (d / "model.safetensors").write_bytes(os.urandom(size))
+    (d / "optimizer.pt").write_bytes(os.urandom(2 * size))
+    (d / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
+    return tree(d)
+
+
+def test_checkpoints_saved_and_rotated_faster_than_the_settle_time_are_still_committed(rclone_s3, tmp_path):
+    """A trainer saving every 0.3 s and keeping two folders (a tiny model, ``save_total_limit=2``): each
+    checkpoint is on disk for about 0.6 s, less than the 2 s a signalled folder settles. The next save
+    says the previous one is finished, so checkpoints are committed all the same."""
+    period, size, seconds = 0.3, 256 << 10, 8.0
+    folder, state = tmp_path / "ckpts", tmp_path / "state"
+    folder.mkdir()
+    remote = f"s3://{rclone_s3.create_bucket()}/fast"
+    contents: dict[str, dict[str, tuple[str, int]]] = {}
+    errpath = tmp_path / "watch.stderr"
+    with open(errpath, "w") as err:  # the default settle time: no --settle
+        daemon = start_cli("watch", "--dir", str(folder), "--remote", remote, "--state-dir", str(state), server=rclone_s3, stderr=err)
+    try:
+        wait_until(lambda: "watching" in errpath.read_text(), 30, "the daemon watching")
+        started, step = time.monotonic(), 0
+        while time.monotonic() - started < seconds:
+            step += 1
+            contents[f"checkpoint-{step}"] = _save_in_place(folder, step, size)
+            if step > 2:
+                shutil.rmtree(folder / f"checkpoint-{step - 2}")  # save_total_limit=2
+            time.sleep(max(0.0, started + period * step - time.monotonic()))  # the training steps between saves
+        listed = run_cli("list", "--remote", remote, "--json", server=rclone_s3)
+        assert listed.returncode == 0, listed.stderr
+        committed = [r["name"] for r in json.loads(listed.stdout)]
+    finally:
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(30)
+    assert len(committed) >= 3, f"only {committed} committed of {step} saves\n{errpath.read_text()[-3000:]}"
+    out = tmp_path / "restored"
+    restored = run_cli("restore", "--remote", remote, "--dir", str(out), "--latest", server=rclone_s3)
+    assert restored.returncode == 0, restored.stderr
+    assert tree(out / committed[0]) == contents[committed[0]]

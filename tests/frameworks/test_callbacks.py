@@ -49,7 +49,9 @@ def _check(server: Any, tmp_path: Path, remote: str, result: dict[str, Any], met
     assert result["committed"], result["reason"]
     assert result["best"] != result["last"], "the job knocks its weights off: its last checkpoint must not be the best"
     listed = _listed(server, remote)
-    by_name = {c["name"]: c for c in listed}
+    by_name: dict[str, dict[str, Any]] = {}
+    for c in listed:  # newest first: each name's newest commit (last.ckpt is committed again at every save)
+        by_name.setdefault(c["name"], c)
     assert len(by_name) >= 2, listed
     assert result["last"] in by_name and by_name[result["last"]]["commit"] == result["commit"]
     assert all(metric in c["metrics"] for c in listed), listed

@@ -97,6 +97,55 @@ def test_a_write_after_the_rename_takes_the_rename_signal_back(tracker: Tracker,
     assert see(tracker, clock, c) == "pending" and tracker.entries["checkpoint-1"].reason == "settling"
 
 
+def _saved_then_superseded(tracker: Tracker, clock: Clock, *, newer_mtime_offset: float = 0.05) -> LocalCheckpoint:
+    """checkpoint-3 finished (trainer_state.json last) at the clock's wall time, then checkpoint-6 begun after it."""
+    tracker.changed("checkpoint-3", "change", clock.now)
+    done = ckpt("checkpoint-3", 3, clock.wall, ("model.safetensors", "trainer_state.json"))
+    clock.advance(0.1)
+    tracker.changed("checkpoint-6", "change", clock.now)
+    see(
+        tracker,
+        clock,
+        ckpt("checkpoint-6", 6, done.files[0].signature[1] / 1e9 + newer_mtime_offset, ("config.json",)),
+        Readiness(False, "waiting"),
+    )
+    return done
+
+
+def test_a_signalled_entry_superseded_by_a_newer_checkpoint_needs_no_settling_once_two_scans_agree(tracker: Tracker, clock: Clock) -> None:
+    done = _saved_then_superseded(tracker, clock)
+    assert see(tracker, clock, done, complete("trainer_state.json")) == "pending"  # one scan: it could be mid-deletion
+    assert see(tracker, clock, done, complete("trainer_state.json")) == "ready"  # 0.1 s after its signal, not 2 s
+
+
+def test_superseding_takes_a_signal_a_higher_step_and_newer_files(tracker: Tracker, clock: Clock) -> None:
+    done = _saved_then_superseded(tracker, clock)
+    for _ in range(2):  # without a completion signal: the full settle time
+        assert see(tracker, clock, done) == "pending"
+    assert tracker.entries["checkpoint-3"].reason == "settling"
+
+    stale = Tracker(settle=SETTLE)  # the higher step was there before this one was written (an older run's)
+    done = _saved_then_superseded(stale, clock, newer_mtime_offset=-60)
+    for _ in range(2):
+        assert see(stale, clock, done, complete("trainer_state.json")) == "pending"
+
+    lower = Tracker(settle=SETTLE)  # a newer folder with a lower step does not say this one is finished
+    lower.changed("checkpoint-3", "change", clock.now)
+    done = ckpt("checkpoint-3", 3, clock.wall, ("model.safetensors", "trainer_state.json"))
+    lower.changed("checkpoint-2", "change", clock.now)
+    see(lower, clock, ckpt("checkpoint-2", 2, clock.wall + 1, ("config.json",)), Readiness(False, "waiting"))
+    for _ in range(2):
+        assert see(lower, clock, done, complete("trainer_state.json")) == "pending"
+
+
+def test_a_superseded_entry_whose_files_change_between_scans_is_not_taken(tracker: Tracker, clock: Clock) -> None:
+    done = _saved_then_superseded(tracker, clock)
+    see(tracker, clock, done, complete("trainer_state.json"))
+    # the rotation deleting it file by file: the next scan sees fewer files
+    shrinking = ckpt("checkpoint-3", 3, clock.wall - 0.1, ("trainer_state.json",))
+    assert see(tracker, clock, shrinking, complete("trainer_state.json")) == "pending"
+
+
 def test_an_incomplete_verdict_keeps_the_entry_pending_with_its_reason(tracker: Tracker, clock: Clock) -> None:
     tracker.discovered("checkpoint-1", clock.now - 3600)
     assert see(tracker, clock, ckpt(mtime=clock.wall - 3600), Readiness(False, "waiting for .metadata")) == "pending"
@@ -234,6 +283,23 @@ def test_evaluation_covers_changed_and_undecided_entries_but_never_one_uploading
     assert tracker.to_evaluate() == {"checkpoint-2"}  # pending: looked at every tick
     clock.advance(SETTLE)
     assert see(tracker, clock, second) == "ready"
-    tracker.next_upload(clock.now)
+    e = tracker.next_upload(clock.now)
     tracker.look_again()
     assert tracker.to_evaluate() == {"checkpoint-1"}
+    # a change seen while it uploads is looked at once the upload ended, not forgotten
+    tracker.changed("checkpoint-2", "change", clock.now)
+    assert tracker.to_evaluate() == set()
+    tracker.uploaded(e, "committed", "", clock.now)
+    assert tracker.to_evaluate() == {"checkpoint-2"}
+
+
+def test_only_the_newest_signalled_entry_skips_settling_so_the_newest_still_goes_first(tracker: Tracker, clock: Clock) -> None:
+    """Complete checkpoints 3 and 6 found at a restart, 9 being written: 6 is taken at once, 3 settles."""
+    names = {3: clock.wall - 30, 6: clock.wall - 20, 9: clock.wall - 1}
+    for step in names:
+        tracker.discovered(f"checkpoint-{step}", clock.now)
+    cks = {step: ckpt(f"checkpoint-{step}", step, mtime, ("model.safetensors", "trainer_state.json")) for step, mtime in names.items()}
+    for _ in range(2):
+        see(tracker, clock, cks[9], Readiness(False, "waiting for trainer_state.json"))
+        statuses = [see(tracker, clock, cks[s], complete("trainer_state.json")) for s in (3, 6)]
+    assert statuses == ["pending", "ready"]
