@@ -18,7 +18,8 @@ A signalled entry needs no settling once it is *superseded*: a checkpoint with a
 higher step, every file of which is newer than every file of this one, says its
 writer finished this one and moved on (trainers save in order; a rank still
 saving holds the others at their next collective). Only the newest signalled
-entry is taken so, so that the newest complete checkpoint still goes first. That is what lets a trainer
+entry is taken so, so that the newest complete checkpoint still goes first, unless
+entries are renamed into place (then every newer one is signalled at once). That is what lets a trainer
 that saves every few hundred milliseconds and rotates its folders quickly still
 get checkpoints committed. Two scans that agree are still required, so that a
 folder the trainer's rotation is deleting is never taken from one scan.
@@ -201,7 +202,12 @@ class Tracker:
 
     def _superseded(self, e: Entry, obs: Observation) -> bool:
         """Whether a checkpoint with a higher step was written entirely after every file of ``e``,
-        and none with a higher step carries a signal (that one goes first, after its own settling)."""
+        and none with a higher step carries a signal (that one goes first, after its own settling).
+
+        An entry renamed into place is exempt from the second condition: writers that save by
+        renaming (Lightning moves each file in) give every newer checkpoint that signal at once,
+        and saving faster than the settle time would then leave none to take.
+        """
         step = obs.ckpt.score.step
         if step is None:
             return False
@@ -210,7 +216,7 @@ class Tracker:
             o = other.ckpt
             if other is e or o is None or o.score.step is None or o.score.step <= step:
                 continue
-            if other.signal:
+            if other.signal and not e.renamed:
                 return False
             superseded = superseded or (bool(o.files) and min(f.signature[1] for f in o.files) / 1e9 > newest)
         return superseded

@@ -303,3 +303,15 @@ def test_only_the_newest_signalled_entry_skips_settling_so_the_newest_still_goes
         see(tracker, clock, cks[9], Readiness(False, "waiting for trainer_state.json"))
         statuses = [see(tracker, clock, cks[s], complete("trainer_state.json")) for s in (3, 6)]
     assert statuses == ["pending", "ready"]
+
+
+def test_a_file_renamed_into_place_is_superseded_by_a_newer_one_renamed_in_after_it(tracker: Tracker, clock: Clock) -> None:
+    """Atomic writers (Lightning moves each file in): every newer checkpoint is signalled at once."""
+    tracker.changed("step=50.ckpt", "renamed", clock.now)
+    first = ckpt("step=50.ckpt", 50, clock.wall, ("step=50.ckpt",))
+    see(tracker, clock, first)
+    clock.advance(0.3)
+    tracker.changed("step=100.ckpt", "renamed", clock.now)
+    second = ckpt("step=100.ckpt", 100, clock.wall, ("step=100.ckpt",))
+    assert see(tracker, clock, second) == "pending"  # the newest settles
+    assert see(tracker, clock, first) == "ready"  # 0.3 s after its rename, not 2 s
