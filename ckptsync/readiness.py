@@ -18,10 +18,11 @@ A signalled entry needs no settling once it is *superseded*: a checkpoint with a
 higher step, every file of which is newer than every file of this one, says its
 writer finished this one and moved on (trainers save in order; a rank still
 saving holds the others at their next collective). Only the newest signalled
-entry is taken so, so that the newest complete checkpoint still goes first, unless
-entries are renamed into place (then every newer one is signalled at once). That is what lets a trainer
-that saves every few hundred milliseconds and rotates its folders quickly still
-get checkpoints committed. Two scans that agree are still required, so that a
+entry is taken so, so that the newest complete checkpoint still goes first; entries
+renamed into place from a temporary name are the exception, since such writers give
+every newer checkpoint its signal at once. That is what lets a trainer that saves
+every few hundred milliseconds and rotates its folders quickly still get
+checkpoints committed. Two scans that agree are still required, so that a
 folder the trainer's rotation is deleting is never taken from one scan.
 During a drain, an entry that became complete only after the drain began
 needs a completion signal: a trainer killed mid-save must not be committed.
@@ -204,9 +205,10 @@ class Tracker:
         """Whether a checkpoint with a higher step was written entirely after every file of ``e``,
         and none with a higher step carries a signal (that one goes first, after its own settling).
 
-        An entry renamed into place is exempt from the second condition: writers that save by
-        renaming (Lightning moves each file in) give every newer checkpoint that signal at once,
-        and saving faster than the settle time would then leave none to take.
+        An entry renamed into place is exempt from the second condition: writers that finish a
+        save by renaming it from a temporary name (``tmp-checkpoint-N``) give every newer
+        checkpoint that signal at once, and saving faster than the settle time would then leave
+        none to take.
         """
         step = obs.ckpt.score.step
         if step is None:

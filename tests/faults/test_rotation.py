@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ckptsync.snapshot import SNAPSHOT_PREFIX
@@ -35,13 +36,30 @@ def _save(folder: Path, step: int, size: int) -> dict[str, tuple[str, int]]:
     return tree(folder / f"checkpoint-{step}")
 
 
+def _train(
+    folder: Path, save: Callable[[int], dict[str, tuple[str, int]]], *, keep: int, period: float, seconds: float
+) -> dict[str, dict[str, tuple[str, int]]]:
+    """Save ``checkpoint-N`` every ``period`` s for ``seconds`` s, keeping the newest ``keep`` (``save_total_limit``).
+
+    Returns what each save wrote, by name.
+    """
+    contents: dict[str, dict[str, tuple[str, int]]] = {}
+    started, step = time.monotonic(), 0
+    while time.monotonic() - started < seconds:
+        step += 1
+        contents[f"checkpoint-{step}"] = save(step)
+        if step > keep:
+            shutil.rmtree(folder / f"checkpoint-{step - keep}")
+        time.sleep(max(0.0, started + period * step - time.monotonic()))  # the training steps between saves
+    return contents
+
+
 def test_s31_rotation_with_save_total_limit_1_on_a_slow_link_still_commits_the_newest_checkpoints(rclone_s3, tmp_path):
     seconds = 60 if full_size() else 24
     period, size, link = 4.0, 20 * MB, 5 * MiB
     folder, state = tmp_path / "ckpts", tmp_path / "state"
     folder.mkdir()
     remote = f"s3://{rclone_s3.create_bucket()}/rotation"
-    contents: dict[str, dict[str, tuple[str, int]]] = {}
     with S3Proxy(rclone_s3, bwlimit=link) as proxy:
         server = proxy.wrap(rclone_s3)
         errpath = tmp_path / "watch.stderr"
@@ -49,14 +67,8 @@ def test_s31_rotation_with_save_total_limit_1_on_a_slow_link_still_commits_the_n
             daemon = start_cli("watch", "--dir", str(folder), "--remote", remote, "--state-dir", str(state), server=server, stderr=err)
         try:
             wait_until(lambda: "watching" in errpath.read_text(), 30, "the daemon watching")
-            started = time.monotonic()
-            step = 0
-            while time.monotonic() - started < seconds:
-                step += 1
-                contents[f"checkpoint-{step}"] = _save(folder, step, size)
-                if step > 1:
-                    shutil.rmtree(folder / f"checkpoint-{step - 1}")  # save_total_limit=1
-                time.sleep(max(0.0, started + period * step - time.monotonic()))  # the training steps between saves
+            contents = _train(folder, lambda step: _save(folder, step, size), keep=1, period=period, seconds=seconds)
+            step = len(contents)
             listed = run_cli("list", "--remote", remote, "--json", server=rclone_s3)
             committed = [r["name"] for r in json.loads(listed.stdout)] if listed.returncode == 0 else []
             daemon.send_signal(signal.SIGKILL)  # a spot reclaim: no drain
@@ -120,26 +132,19 @@ def test_checkpoints_saved_and_rotated_faster_than_the_settle_time_are_still_com
     folder, state = tmp_path / "ckpts", tmp_path / "state"
     folder.mkdir()
     remote = f"s3://{rclone_s3.create_bucket()}/fast"
-    contents: dict[str, dict[str, tuple[str, int]]] = {}
     errpath = tmp_path / "watch.stderr"
     with open(errpath, "w") as err:  # the default settle time: no --settle
         daemon = start_cli("watch", "--dir", str(folder), "--remote", remote, "--state-dir", str(state), server=rclone_s3, stderr=err)
     try:
         wait_until(lambda: "watching" in errpath.read_text(), 30, "the daemon watching")
-        started, step = time.monotonic(), 0
-        while time.monotonic() - started < seconds:
-            step += 1
-            contents[f"checkpoint-{step}"] = _save_in_place(folder, step, size)
-            if step > 2:
-                shutil.rmtree(folder / f"checkpoint-{step - 2}")  # save_total_limit=2
-            time.sleep(max(0.0, started + period * step - time.monotonic()))  # the training steps between saves
+        contents = _train(folder, lambda step: _save_in_place(folder, step, size), keep=2, period=period, seconds=seconds)
         listed = run_cli("list", "--remote", remote, "--json", server=rclone_s3)
         assert listed.returncode == 0, listed.stderr
         committed = [r["name"] for r in json.loads(listed.stdout)]
     finally:
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(30)
-    assert len(committed) >= 3, f"only {committed} committed of {step} saves\n{errpath.read_text()[-3000:]}"
+    assert len(committed) >= 3, f"only {committed} committed of {len(contents)} saves\n{errpath.read_text()[-3000:]}"
     out = tmp_path / "restored"
     restored = run_cli("restore", "--remote", remote, "--dir", str(out), "--latest", server=rclone_s3)
     assert restored.returncode == 0, restored.stderr
