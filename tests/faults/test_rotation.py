@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ckptsync.snapshot import SNAPSHOT_PREFIX
 from tests.faults.proxy import S3Proxy
@@ -34,6 +35,19 @@ def _save(folder: Path, step: int, size: int) -> dict[str, tuple[str, int]]:
     (tmp / "extra_state.bin").write_bytes(os.urandom(4096))
     os.rename(tmp, folder / f"checkpoint-{step}")
     return tree(folder / f"checkpoint-{step}")
+
+
+def _watch(folder: Path, remote: str, state: Path, server: Any, stderr: Path) -> subprocess.Popen[str]:
+    """``ckptsync watch`` with the default settle time (no --settle), started and watching; the caller reaps it."""
+    with open(stderr, "w") as err:
+        daemon = start_cli("watch", "--dir", str(folder), "--remote", remote, "--state-dir", str(state), server=server, stderr=err)
+    try:
+        wait_until(lambda: "watching" in stderr.read_text(), 30, "the daemon watching")
+    except BaseException:
+        daemon.kill()
+        daemon.wait()
+        raise
+    return daemon
 
 
 def _train(
@@ -63,10 +77,8 @@ def test_s31_rotation_with_save_total_limit_1_on_a_slow_link_still_commits_the_n
     with S3Proxy(rclone_s3, bwlimit=link) as proxy:
         server = proxy.wrap(rclone_s3)
         errpath = tmp_path / "watch.stderr"
-        with open(errpath, "w") as err:  # the default settle time: no --settle
-            daemon = start_cli("watch", "--dir", str(folder), "--remote", remote, "--state-dir", str(state), server=server, stderr=err)
+        daemon = _watch(folder, remote, state, server, errpath)
         try:
-            wait_until(lambda: "watching" in errpath.read_text(), 30, "the daemon watching")
             contents = _train(folder, lambda step: _save(folder, step, size), keep=1, period=period, seconds=seconds)
             step = len(contents)
             listed = run_cli("list", "--remote", remote, "--json", server=rclone_s3)
@@ -85,10 +97,8 @@ def test_s31_rotation_with_save_total_limit_1_on_a_slow_link_still_commits_the_n
     dropped = log.count("rotated away")
     # A daemon started after the kill removes the snapshot the killed one left.
     left = [p.name for p in folder.iterdir() if p.name.startswith(SNAPSHOT_PREFIX)]
-    with open(tmp_path / "again.stderr", "w") as err:
-        again = start_cli("watch", "--dir", str(folder), "--remote", remote, "--state-dir", str(state), server=rclone_s3, stderr=err)
+    again = _watch(folder, remote, state, rclone_s3, tmp_path / "again.stderr")
     try:
-        wait_until(lambda: "watching" in (tmp_path / "again.stderr").read_text(), 30, "the second daemon watching")
         remaining = [p.name for p in folder.iterdir() if p.name.startswith(SNAPSHOT_PREFIX)]
     finally:
         again.send_signal(signal.SIGTERM)
@@ -133,10 +143,8 @@ def test_checkpoints_saved_and_rotated_faster_than_the_settle_time_are_still_com
     folder.mkdir()
     remote = f"s3://{rclone_s3.create_bucket()}/fast"
     errpath = tmp_path / "watch.stderr"
-    with open(errpath, "w") as err:  # the default settle time: no --settle
-        daemon = start_cli("watch", "--dir", str(folder), "--remote", remote, "--state-dir", str(state), server=rclone_s3, stderr=err)
+    daemon = _watch(folder, remote, state, rclone_s3, errpath)
     try:
-        wait_until(lambda: "watching" in errpath.read_text(), 30, "the daemon watching")
         contents = _train(folder, lambda step: _save_in_place(folder, step, size), keep=2, period=period, seconds=seconds)
         listed = run_cli("list", "--remote", remote, "--json", server=rclone_s3)
         assert listed.returncode == 0, listed.stderr
